@@ -1,0 +1,81 @@
+"""The exception hierarchy.
+
+Every error oocnet raises on purpose is an :class:`OocnetError`.  The subclasses
+also derive from the closest built-in exception (``ValueError``, ``KeyError``,
+``OSError``) so that code written against plain Python conventions still works.
+Messages follow one template: what was expected, then what came.
+"""
+
+from __future__ import annotations
+
+
+class OocnetError(Exception):
+    """Base class of every error raised by oocnet."""
+
+
+class ConfigError(OocnetError, ValueError):
+    """An argument or configuration value is out of range or unknown."""
+
+
+class ShapeError(OocnetError, ValueError):
+    """Shapes do not chain or do not match what was declared."""
+
+
+class InputError(OocnetError, ValueError):
+    """A batch (inputs or targets) is malformed: wrong width, NaN/inf, bad labels."""
+
+
+class BudgetError(OocnetError):
+    """The memory budget is too small for what was asked of it."""
+
+
+class NumericalError(OocnetError, FloatingPointError):
+    """Parameters or losses became non-finite."""
+
+
+class StoreError(OocnetError):
+    """Base class of parameter-store errors."""
+
+
+class StoreFormatError(StoreError):
+    """A file on disk is not in the format (or version) this oocnet reads."""
+
+
+class StoreIOError(StoreError, OSError):
+    """Reading or writing a store's files failed (disk full, permissions, ...)."""
+
+
+class ReadOnlyError(StoreError):
+    """A write was attempted on a store opened read-only."""
+
+
+class ParameterNotFound(StoreError, KeyError):
+    """A key names no parameter in the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
+        return str(self.args[0]) if self.args else ""
+
+
+class ParameterExists(StoreError):
+    """A parameter is created under a key that is already taken."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after :meth:`close`."""
+
+
+__all__ = [
+    "OocnetError",
+    "ConfigError",
+    "ShapeError",
+    "InputError",
+    "BudgetError",
+    "NumericalError",
+    "StoreError",
+    "StoreFormatError",
+    "StoreIOError",
+    "ReadOnlyError",
+    "ParameterNotFound",
+    "ParameterExists",
+    "StoreClosedError",
+]

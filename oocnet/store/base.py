@@ -1,0 +1,432 @@
+"""The parameter-store interface every backend implements.
+
+A store holds named n-dimensional arrays ("parameters", including optimizer
+state) and moves *rows* (slices along axis 0) between them and RAM.  It knows
+nothing of layers or models: keys are opaque strings such as ``"dense_0/W"`` or
+``"dense_0/W:adagrad"``.
+
+Public methods validate their arguments and then call one ``_``-prefixed hook
+that a backend implements; validation therefore lives in one place and every
+backend raises the same errors for the same mistakes.
+
+Reads come in three forms, each optionally into a buffer the caller owns
+(``out=``), so that the pager can reuse memory instead of allocating per step:
+
+* ``read(key)`` -- the whole parameter;
+* ``read_rows(key, start, stop)`` -- a contiguous row range;
+* ``read_index(key, rows)`` -- an arbitrary set of rows, in the order given
+  (duplicates allowed).
+
+Writes mirror them.  ``write_index`` refuses duplicate row ids: which value
+would win is undefined, so the caller must combine duplicates first.
+
+Capability flags (class attributes) say how backends differ:
+
+``persistent``
+    parameters survive :meth:`close` and can be reopened.
+``zero_copy``
+    :meth:`view_rows` returns a live view into the storage, so the pager need
+    not copy (the in-RAM backend).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+
+from ..errors import (
+    ConfigError,
+    ParameterExists,
+    ParameterNotFound,
+    ReadOnlyError,
+    ShapeError,
+    StoreClosedError,
+)
+
+#: ``init(start, stop) -> ndarray`` of shape ``(stop - start, *shape[1:])``: the
+#: initial values of rows ``[start, stop)``.  Called in row chunks, so a
+#: parameter larger than RAM can be created.
+RowInitializer = Callable[[int, int], np.ndarray]
+
+#: Rows are initialised and copied in chunks of about this many bytes.
+CHUNK_BYTES = 16 * 2**20
+
+_SUPPORTED_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Shape and dtype of one stored parameter.
+
+    Attributes
+    ----------
+    key : str
+        The parameter's name in the store.
+    shape : tuple of int
+        Its shape; axis 0 is the row axis that reads and writes slice.
+    dtype : numpy.dtype
+        Its element type.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows (``shape[0]``)."""
+        return self.shape[0]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row (``shape[1:]``)."""
+        return self.shape[1:]
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes in one row."""
+        return int(math.prod(self.shape[1:])) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the whole parameter."""
+        return self.n_rows * self.row_nbytes
+
+
+def chunk_rows(info: ParamInfo, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, stop)`` row ranges of about ``chunk_bytes`` covering ``info``."""
+    step = max(1, chunk_bytes // max(1, info.row_nbytes))
+    for start in range(0, info.n_rows, step):
+        yield start, min(info.n_rows, start + step)
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a usable parameter name, else raise ConfigError."""
+    if not isinstance(key, str) or not key or key.strip() != key or "\x00" in key:
+        raise ConfigError(
+            f"parameter key must be a non-empty string without surrounding spaces, got {key!r}."
+        )
+    if key.startswith("/") or key.endswith("/") or "//" in key:
+        raise ConfigError(f"parameter key must not start or end with '/' or contain '//', got {key!r}.")
+    return key
+
+
+def validate_dtype(dtype: object) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype if a store can hold it, else raise ConfigError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ConfigError(f"dtype must be one of {', '.join(_SUPPORTED_DTYPES)}, got {dtype!r}.") from exc
+    if dt.name not in _SUPPORTED_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(_SUPPORTED_DTYPES)}, got {dt.name}.")
+    return dt.newbyteorder("=")
+
+
+def validate_shape(shape: object) -> tuple[int, ...]:
+    """Return ``shape`` as a tuple of positive ints (at least one axis), else raise ShapeError."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
+    except TypeError as exc:
+        raise ShapeError(f"shape must be a tuple of positive integers, got {shape!r}.") from exc
+    if not dims or any(d <= 0 for d in dims):
+        raise ShapeError(f"shape must have at least one axis and positive sizes, got {shape!r}.")
+    return dims
+
+
+class Store(abc.ABC):
+    """Abstract base of parameter stores (in RAM, memmap shards, HDF5).
+
+    Use a store as a context manager, or call :meth:`close` when done.
+
+    Parameters
+    ----------
+    read_only : bool
+        Refuse every write with :class:`~oocnet.errors.ReadOnlyError`.
+    """
+
+    backend: ClassVar[str] = "abstract"
+    persistent: ClassVar[bool] = False
+    zero_copy: ClassVar[bool] = False
+
+    def __init__(self, *, read_only: bool = False) -> None:
+        self.read_only = bool(read_only)
+        self._closed = False
+
+    # -- what a backend implements --------------------------------------------------
+    @abc.abstractmethod
+    def _create(self, info: ParamInfo, init: RowInitializer | None) -> None:
+        """Allocate ``info`` and fill it (zeros when ``init`` is None)."""
+
+    @abc.abstractmethod
+    def _keys(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _info(self, key: str) -> ParamInfo: ...
+
+    @abc.abstractmethod
+    def _read_rows(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy rows ``[start, stop)`` into ``out`` (already validated)."""
+
+    @abc.abstractmethod
+    def _read_index(self, key: str, rows: np.ndarray, out: np.ndarray) -> None:
+        """Copy the rows ``rows`` (sorted, unique) into ``out``."""
+
+    @abc.abstractmethod
+    def _write_rows(self, key: str, start: int, value: np.ndarray) -> None:
+        """Overwrite rows ``[start, start + len(value))``."""
+
+    @abc.abstractmethod
+    def _write_index(self, key: str, rows: np.ndarray, value: np.ndarray) -> None:
+        """Overwrite the rows ``rows`` (sorted, unique) with ``value``."""
+
+    @abc.abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    def _flush(self) -> None:
+        """Push written data to durable storage (no-op in RAM)."""
+
+    def _close(self) -> None:
+        """Release files and handles."""
+
+    # -- guards ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{type(self).__name__} is closed; reopen it with oocnet.open_store().")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"{type(self).__name__} was opened read-only; open it with read_only=False to write.")
+
+    def _checked_info(self, key: str) -> ParamInfo:
+        self._check_open()
+        if not isinstance(key, str) or key not in self._keys():
+            raise ParameterNotFound(
+                f"no parameter {key!r} in the store; it holds {sorted(self._keys())!r}."
+            )
+        return self._info(key)
+
+    @staticmethod
+    def _check_out(info: ParamInfo, n: int, out: np.ndarray | None, what: str) -> np.ndarray:
+        shape = (n, *info.row_shape)
+        if out is None:
+            return np.empty(shape, dtype=info.dtype)
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != info.dtype:
+            got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ShapeError(f"out for {what} of {info.key!r} must be a {shape} {info.dtype} array, got {got}.")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ShapeError(f"out for {what} of {info.key!r} must be C-contiguous and writeable.")
+        return out
+
+    @staticmethod
+    def _check_range(info: ParamInfo, start: object, stop: object) -> tuple[int, int]:
+        try:
+            a, b = operator.index(start), operator.index(stop)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"row range of {info.key!r} must be integers, got {start!r}:{stop!r}.") from exc
+        if not 0 <= a <= b <= info.n_rows:
+            raise ShapeError(f"row range of {info.key!r} must lie in [0, {info.n_rows}], got [{a}, {b}).")
+        return a, b
+
+    @staticmethod
+    def _check_rows(info: ParamInfo, rows: object) -> np.ndarray:
+        arr = np.asarray(rows)
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise ConfigError(
+                f"row ids of {info.key!r} must be a 1-D integer array, got {arr.dtype} with shape {arr.shape}."
+            )
+        arr = arr.astype(np.int64, copy=False)
+        if arr.size and (arr.min() < 0 or arr.max() >= info.n_rows):
+            raise ShapeError(
+                f"row ids of {info.key!r} must lie in [0, {info.n_rows}), got ids in [{arr.min()}, {arr.max()}]."
+            )
+        return arr
+
+    @staticmethod
+    def _check_value(info: ParamInfo, value: object, n: int, what: str) -> np.ndarray:
+        arr = np.asarray(value)
+        shape = (n, *info.row_shape)
+        if arr.shape != shape:
+            raise ShapeError(f"value for {what} of {info.key!r} must have shape {shape}, got {arr.shape}.")
+        if arr.dtype != info.dtype:
+            if not np.can_cast(arr.dtype, info.dtype, casting="same_kind"):
+                raise ShapeError(f"value for {what} of {info.key!r} must be {info.dtype}, got {arr.dtype}.")
+            arr = arr.astype(info.dtype)
+        return np.ascontiguousarray(arr)
+
+    # -- public interface --------------------------------------------------------------
+    def create(self, key: str, shape, dtype="float32", init: RowInitializer | np.ndarray | None = None) -> ParamInfo:
+        """Create a parameter and fill it.
+
+        Parameters
+        ----------
+        key : str
+            Its name; must not exist yet.
+        shape : tuple of int
+            At least one axis; axis 0 is the row axis.
+        dtype : str or numpy.dtype
+            One of float16, float32, float64, int32, int64, uint8.
+        init : callable, ndarray or None
+            ``init(start, stop)`` returning rows ``[start, stop)``, called in chunks of
+            about 16 MiB; or a whole array of ``shape``; or None for zeros.
+
+        Returns
+        -------
+        ParamInfo
+        """
+        self._check_writable()
+        info = ParamInfo(validate_key(key), validate_shape(shape), validate_dtype(dtype))
+        if key in self._keys():
+            raise ParameterExists(f"parameter {key!r} already exists with shape {self._info(key).shape}.")
+        if isinstance(init, np.ndarray) or (init is not None and not callable(init)):
+            whole = self._check_value(info, init, info.n_rows, "create")
+            init = lambda a, b: whole[a:b]  # noqa: E731
+        checked = None
+        if init is not None:
+            user_init = init
+
+            def checked(a: int, b: int) -> np.ndarray:
+                return self._check_value(info, user_init(a, b), b - a, "init")
+
+        self._create(info, checked)
+        return info
+
+    def keys(self) -> list[str]:
+        """Sorted list of parameter keys."""
+        self._check_open()
+        return sorted(self._keys())
+
+    def __contains__(self, key: object) -> bool:
+        self._check_open()
+        return isinstance(key, str) and key in self._keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def info(self, key: str) -> ParamInfo:
+        """Shape and dtype of ``key``."""
+        return self._checked_info(key)
+
+    def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Read a whole parameter (into ``out`` when given) and return it."""
+        info = self._checked_info(key)
+        out = self._check_out(info, info.n_rows, out, "read")
+        self._read_rows(key, 0, info.n_rows, out)
+        return out
+
+    def read_rows(self, key: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read rows ``[start, stop)`` of ``key`` (into ``out`` when given) and return them."""
+        info = self._checked_info(key)
+        a, b = self._check_range(info, start, stop)
+        out = self._check_out(info, b - a, out, "read_rows")
+        if b > a:
+            self._read_rows(key, a, b, out)
+        return out
+
+    def read_index(self, key: str, rows, out: np.ndarray | None = None) -> np.ndarray:
+        """Read the rows ``rows`` of ``key``, in the order given (duplicates allowed).
+
+        The backend reads each distinct row once, in ascending order.
+        """
+        info = self._checked_info(key)
+        ids = self._check_rows(info, rows)
+        out = self._check_out(info, ids.size, out, "read_index")
+        if ids.size == 0:
+            return out
+        if ids.size == 1 or np.all(ids[1:] > ids[:-1]):
+            self._read_index(key, ids, out)
+        else:
+            uniq, inverse = np.unique(ids, return_inverse=True)
+            tmp = np.empty((uniq.size, *info.row_shape), dtype=info.dtype)
+            self._read_index(key, uniq, tmp)
+            np.take(tmp, inverse, axis=0, out=out)
+        return out
+
+    def write(self, key: str, value) -> None:
+        """Overwrite a whole parameter."""
+        self._check_writable()
+        info = self._checked_info(key)
+        self._write_rows(key, 0, self._check_value(info, value, info.n_rows, "write"))
+
+    def write_rows(self, key: str, start: int, value) -> None:
+        """Overwrite rows ``[start, start + len(value))`` of ``key``."""
+        self._check_writable()
+        info = self._checked_info(key)
+        n = np.shape(value)[0] if np.ndim(value) else -1
+        a, b = self._check_range(info, start, operator.index(start) + max(n, 0))
+        arr = self._check_value(info, value, b - a, "write_rows")
+        if b > a:
+            self._write_rows(key, a, arr)
+
+    def write_index(self, key: str, rows, value) -> None:
+        """Overwrite the rows ``rows`` of ``key`` (any order; duplicates are refused)."""
+        self._check_writable()
+        info = self._checked_info(key)
+        ids = self._check_rows(info, rows)
+        arr = self._check_value(info, value, ids.size, "write_index")
+        if ids.size == 0:
+            return
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+            raise ConfigError(f"row ids written to {key!r} must be unique; combine duplicate rows first.")
+        if np.any(order != np.arange(order.size)):
+            arr = arr[order]
+        self._write_index(key, sorted_ids, arr)
+
+    def delete(self, key: str) -> None:
+        """Remove a parameter."""
+        self._check_writable()
+        self._checked_info(key)
+        self._delete(key)
+
+    def view_rows(self, key: str, start: int, stop: int) -> np.ndarray:
+        """A live, writeable view of rows ``[start, stop)`` (only where ``zero_copy``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not hand out views (zero_copy is False).")
+
+    def flush(self) -> None:
+        """Write buffered data through to the backing files."""
+        self._check_open()
+        if not self.read_only:
+            self._flush()
+
+    def close(self) -> None:
+        """Flush and release the store; later calls raise StoreClosedError. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if not self.read_only:
+                self._flush()
+        finally:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def nbytes(self) -> int:
+        """Total bytes of all parameters."""
+        return sum(self._info(k).nbytes for k in self.keys())
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __array__(self, *args, **kwargs):  # no silent whole-store reads
+        raise TypeError("a Store is not an array; read a parameter with store.read(key).")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._keys())} parameters"
+        return f"<{type(self).__name__} {state}{' read-only' if self.read_only else ''}>"
