@@ -1,0 +1,6 @@
+"""Layers, one per module: each declares its parameters and computes on blocks the pager hands it."""
+
+from .base import Layer, ParamAccess, ParamSpec
+from .dense import Dense
+
+__all__ = ["Layer", "ParamSpec", "ParamAccess", "Dense"]

@@ -1,0 +1,164 @@
+"""What every layer shares: parameter declarations and the access object the model hands it.
+
+A layer declares its parameters (:class:`ParamSpec`) and implements
+
+``forward(access, x) -> s``
+    the pre-activation s = layer(x);
+``backward(access, x, delta, need_dx) -> dx``
+    with ``delta`` = dL/ds of this layer, return dL/dx computed with the
+    weights *as they were* before this step, and update the parameters.
+
+It never touches a store or a file: it asks ``access`` (a :class:`ParamAccess`)
+for blocks of its parameters, in the row tiles the model chose for the
+budget, and keeps nothing on ``self`` between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..activations import Activation, get_activation
+from ..errors import ConfigError, ShapeError
+from ..optim.base import Optimizer
+from ..paging import Pager
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter a layer declares.
+
+    Attributes
+    ----------
+    name : str
+        Short name within the layer (``"W"``, ``"b"``); the store key is ``"<layer>/<name>"``.
+    shape : tuple of int
+        Axis 0 is the row axis the pager tiles.
+    init : str, callable, ndarray or None
+        An initialiser name (see :mod:`oocnet.init`), ``init(start, stop)``, an array, or None for zeros.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    init: Any = None
+
+
+def _check_width(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+class Layer:
+    """Base class of layers.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output widths.
+    activation : str, Activation or None
+        Applied to the layer's output s (None = identity).
+    name : str, optional
+        Stable name used in store keys; defaults to ``"<kind>_<position>"``.
+    """
+
+    kind = "layer"
+
+    def __init__(self, n_in: int, n_out: int, activation=None, name: str | None = None) -> None:
+        self.n_in = _check_width("n_in", n_in)
+        self.n_out = _check_width("n_out", n_out)
+        self.activation: Activation = get_activation(activation)
+        if name is not None and (not isinstance(name, str) or not name or "/" in name or ":" in name):
+            raise ConfigError(f"layer name must be a non-empty string without '/' or ':', got {name!r}.")
+        self.name = name
+
+    def params(self) -> list[ParamSpec]:
+        """The parameters this layer declares."""
+        raise NotImplementedError
+
+    def check_input(self, x, dtype: np.dtype):
+        """Validate and convert a batch given to this layer as the model's first layer."""
+        try:
+            arr = np.asarray(x, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(f"{self.describe()} needs a numeric 2-D array, got {type(x).__name__}.") from exc
+        if arr.ndim == 1 and self.n_in == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2 or arr.shape[1] != self.n_in:
+            raise ShapeError(
+                f"{self.describe()} needs a batch of shape (rows, {self.n_in}), got shape {arr.shape}."
+            )
+        if not np.all(np.isfinite(arr)):
+            from ..errors import InputError
+
+            raise InputError(f"the batch given to {self.describe()} contains NaN or inf.")
+        return arr
+
+    def forward(self, access: "ParamAccess", x) -> np.ndarray:
+        """Return s for the batch ``x`` (rows x n_in)."""
+        raise NotImplementedError
+
+    def backward(self, access: "ParamAccess", x, delta: np.ndarray, need_dx: bool) -> np.ndarray | None:
+        """Update the parameters from ``delta`` (= dL/ds) and return dL/dx (pre-update weights) if ``need_dx``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """``"dense_1 (Dense 128->16)"``-style label for messages."""
+        return f"{self.name or self.kind} ({type(self).__name__} {self.n_in}->{self.n_out})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n_in}, {self.n_out}, activation={self.activation.name!r})"
+
+
+@dataclass
+class ParamAccess:
+    """A layer's window onto its parameters for one pass: row tiles, reads, updates.
+
+    Made by the model; a layer only calls its methods.
+    """
+
+    pager: Pager
+    prefix: str
+    tiles_by_name: dict[str, list[tuple[int, int]]]
+    optimizer: Optimizer | None = None
+    state_suffixes: dict[str, list[str]] = field(default_factory=dict)
+    record: dict[str, np.ndarray] | None = None  # gradient recording (tests, gradcheck)
+
+    def key(self, name: str) -> str:
+        """The store key of parameter ``name``."""
+        return f"{self.prefix}/{name}"
+
+    def tiles(self, name: str) -> list[tuple[int, int]]:
+        """Row ranges ``[(start, stop), ...]`` in which ``name`` must be processed."""
+        return self.tiles_by_name[name]
+
+    @contextlib.contextmanager
+    def read(self, name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Rows ``[start, stop)`` of ``name``, read-only for the duration of the block."""
+        with self.pager.rows(self.key(name), start, stop) as arr:
+            yield arr
+
+    @contextlib.contextmanager
+    def update(self, name: str, start: int, stop: int) -> Iterator[tuple[np.ndarray, Callable[[np.ndarray], None]]]:
+        """Rows ``[start, stop)`` of ``name`` and ``apply(grad)``, which updates them in place.
+
+        Compute anything that needs the pre-update values before calling ``apply``.
+        """
+        key = self.key(name)
+        suffixes = self.state_suffixes.get(name, [])
+        with contextlib.ExitStack() as stack:
+            param = stack.enter_context(self.pager.rows(key, start, stop, write=self.record is None))
+            state = {
+                s: stack.enter_context(self.pager.rows(f"{key}:{s}", start, stop, write=True)) for s in suffixes
+            }
+
+            def apply(grad: np.ndarray) -> None:
+                if self.record is not None:
+                    self.record[key][start:stop] += grad
+                else:
+                    self.optimizer.step(param, grad, state)
+
+            yield param, apply

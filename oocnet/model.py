@@ -1,0 +1,432 @@
+"""Sequential: runs layers one at a time, forward then backward, with parameters paged from a store.
+
+Per batch, RAM holds the batch, each layer's s and z, and the current delta
+(N4: "store only temporary values in memory").  Parameters and optimizer state
+stay in the store and are checked out from the pager one row tile at a time.
+
+Backward follows N2 layer by layer, top down: delta_out = dL/dz_out * f'(s_out);
+for each layer, per tile: compute its share of dL/dz_below with the weights as
+they were, apply the update, check the tile back in; then
+delta_below = dL/dz_below * f'(s_below).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import BudgetError, ConfigError, InputError, NumericalError, ShapeError
+from .init import row_initializer
+from .layers.base import Layer, ParamAccess
+from .losses import Loss, get_loss
+from .optim.base import Optimizer
+from .paging import Pager, format_bytes, parse_bytes
+from .store import MemoryStore, Store, open_store
+from .store.base import ParamInfo, validate_dtype
+
+_MODEL_DTYPES = ("float32", "float64")
+
+
+class Sequential:
+    """A feed-forward stack of layers trained out of core.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Widths must chain: ``layers[i].n_out == layers[i + 1].n_in``.
+    store : Store, str, os.PathLike or None
+        Where parameters live: None for RAM, a path (``*.h5`` -> HDF5, else a
+        folder of memmap shards), or an open :class:`~oocnet.store.Store`.  A
+        store that already holds this model's parameters is reused (shapes and
+        dtypes checked), so a model can be reopened and trained further.
+    budget : int, str or None
+        Most bytes of parameters and optimizer state held in RAM at once
+        (``"256MiB"``).  Layers larger than the budget are processed in row
+        tiles.  None: no limit.
+    seed : int
+        Seeds the initialisers; initial values depend only on (seed, key).
+    dtype : {"float32", "float64"}
+        Type of parameters and computation.
+    prefetch : bool
+        Read the next tile in a background thread while this one computes.
+    """
+
+    def __init__(self, layers: list[Layer], *, store=None, budget=None, seed: int = 0,
+                 dtype="float32", prefetch: bool = True) -> None:
+        self.layers = self._check_layers(layers)
+        self.dtype = validate_dtype(dtype)
+        if self.dtype.name not in _MODEL_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(_MODEL_DTYPES)}, got {self.dtype.name}.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
+        self.seed = int(seed)
+        self.budget = parse_bytes(budget)
+        self._param_infos: dict[str, ParamInfo] = {}
+        for layer in self.layers:
+            for spec in layer.params():
+                key = f"{layer.name}/{spec.name}"
+                self._param_infos[key] = ParamInfo(key, tuple(spec.shape), self.dtype)
+        self._min_budget(())  # raises before any file is created
+        self._owns_store = not isinstance(store, Store)
+        self.store = self._open_store(store)
+        try:
+            self._attach_params()
+            self.pager = Pager(self.store, self.budget, prefetch=prefetch)
+        except BaseException:
+            if self._owns_store:
+                self.store.close()
+            raise
+        self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
+        self.step = 0
+
+    # -- construction -----------------------------------------------------------------
+    @staticmethod
+    def _check_layers(layers) -> list[Layer]:
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigError(f"layers must be a non-empty list of oocnet layers, got {layers!r}.")
+        names: set[str] = set()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ConfigError(f"layers[{i}] must be an oocnet layer, got {type(layer).__name__}.")
+            if layer.name is None:
+                layer.name = f"{layer.kind}_{i}"
+            if layer.name in names:
+                raise ConfigError(f"layer names must be unique; {layer.name!r} is used twice.")
+            names.add(layer.name)
+        for below, above in zip(layers, layers[1:]):
+            if below.n_out != above.n_in:
+                raise ShapeError(
+                    f"layer widths must chain: {below.describe()} outputs {below.n_out} but "
+                    f"{above.describe()} takes {above.n_in}."
+                )
+        return list(layers)
+
+    @staticmethod
+    def _open_store(store) -> Store:
+        if store is None:
+            return MemoryStore()
+        if isinstance(store, Store):
+            if store.closed:
+                raise ConfigError("the store given to Sequential is closed.")
+            return store
+        if isinstance(store, (str, os.PathLike)):
+            return open_store(store)
+        raise ConfigError(f"store must be None, a path or an oocnet Store, got {type(store).__name__}.")
+
+    def _attach_params(self) -> None:
+        # Check every existing parameter before creating any, so a mismatch changes nothing.
+        for key, want in self._param_infos.items():
+            if key in self.store:
+                got = self.store.info(key)
+                if got.shape != want.shape or got.dtype != want.dtype:
+                    raise ShapeError(
+                        f"parameter {key!r} in the store has shape {got.shape} {got.dtype}, but the model "
+                        f"expects {want.shape} {want.dtype}."
+                    )
+        specs = {f"{l.name}/{s.name}": s for l in self.layers for s in l.params()}
+        for key, info in self._param_infos.items():
+            if key not in self.store:
+                init = row_initializer(specs[key].init, key, info.shape, info.dtype, self.seed)
+                self.store.create(key, info.shape, info.dtype, init)
+
+    # -- tiling under the budget ---------------------------------------------------------
+    def _state_infos(self, opt: Optimizer | None) -> dict[str, list[ParamInfo]]:
+        out: dict[str, list[ParamInfo]] = {}
+        for key, info in self._param_infos.items():
+            specs = opt.state_specs(info.shape, info.dtype) if opt is not None else []
+            out[key] = [ParamInfo(f"{key}:{s}", tuple(shape), np.dtype(dt)) for s, shape, dt in specs]
+        return out
+
+    def _min_budget(self, states: dict | tuple) -> int:
+        """Smallest budget that works: one row of the widest parameter with its state rows."""
+        need = 0
+        for key, info in self._param_infos.items():
+            st = states.get(key, []) if isinstance(states, dict) else []
+            row = info.row_nbytes + sum(s.row_nbytes for s in st)
+            # A 1-D parameter (a bias) is read whole.
+            rows = info.n_rows if len(info.shape) == 1 else 1
+            need = max(need, rows * row)
+        if self.budget is not None and self.budget < need:
+            raise BudgetError(
+                f"budget {format_bytes(self.budget)} is too small: the largest parameter block with its "
+                f"optimizer state needs {format_bytes(need)}; use budget >= {need} bytes "
+                f"(twice that lets the next block load while one computes)."
+            )
+        return need
+
+    def _tiles(self, opt: Optimizer | None) -> dict[str, list[tuple[int, int]]]:
+        sig = tuple(
+            (s, tuple(shape), str(dt)) for s, shape, dt in (opt.state_specs((2, 2), self.dtype) if opt else [])
+        )
+        if sig in self._tile_cache:
+            return self._tile_cache[sig]
+        states = self._state_infos(opt)
+        self._min_budget(states)
+        tiles: dict[str, list[tuple[int, int]]] = {}
+        for key, info in self._param_infos.items():
+            row = info.row_nbytes + sum(s.row_nbytes for s in states[key])
+            n = info.n_rows
+            if self.budget is None or len(info.shape) == 1:
+                rows = n
+            elif n * row <= self.budget // 2:
+                rows = n
+            else:
+                # Half the budget per tile so the next tile can load while this one computes.
+                rows = max(1, (self.budget // 2) // row) if row <= self.budget // 2 else max(1, self.budget // row)
+            tiles[key] = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+        self._tile_cache[sig] = tiles
+        return tiles
+
+    def _ensure_state(self, opt: Optimizer) -> dict[str, list[str]]:
+        suffixes: dict[str, list[str]] = {}
+        for key, infos in self._state_infos(opt).items():
+            suffixes[key] = []
+            for st in infos:
+                suffix = st.key.rsplit(":", 1)[1]
+                suffixes[key].append(suffix)
+                if st.key in self.store:
+                    got = self.store.info(st.key)
+                    if got.shape != st.shape or got.dtype != st.dtype:
+                        raise ShapeError(
+                            f"optimizer state {st.key!r} in the store has shape {got.shape} {got.dtype}, "
+                            f"expected {st.shape} {st.dtype}."
+                        )
+                    continue
+                value = opt.state_init(suffix)
+                init = None if value == 0 else (lambda a, b, v=value, i=st: np.full((b - a, *i.row_shape), v, i.dtype))
+                self.store.create(st.key, st.shape, st.dtype, init)
+        return suffixes
+
+    def _access(self, layer: Layer, tiles, opt=None, suffixes=None, record=None) -> ParamAccess:
+        names = [s.name for s in layer.params()]
+        return ParamAccess(
+            self.pager,
+            layer.name,
+            {n: tiles[f"{layer.name}/{n}"] for n in names},
+            opt,
+            {n: (suffixes or {}).get(f"{layer.name}/{n}", []) for n in names},
+            record,
+        )
+
+    def _plan(self, tiles, suffixes=None, backward=False) -> list[tuple[str, int, int]]:
+        blocks = []
+        layers = reversed(self.layers) if backward else self.layers
+        for layer in layers:
+            names = [s.name for s in layer.params()]
+            if backward:
+                names = names[::-1]  # Dense updates b first, then W tiles in reverse
+            for n in names:
+                key = f"{layer.name}/{n}"
+                ts = reversed(tiles[key]) if backward else tiles[key]
+                for a, b in ts:
+                    blocks.append((key, a, b))
+                    for s in (suffixes or {}).get(key, []) if backward else []:
+                        blocks.append((f"{key}:{s}", a, b))
+        return blocks
+
+    # -- validation ------------------------------------------------------------------------
+    def _check_batch(self, X, y=None, loss: Loss | None = None):
+        x = self.layers[0].check_input(X, self.dtype)
+        n = x.shape[0]
+        if n == 0:
+            raise InputError("the batch is empty: expected at least one row, got 0.")
+        if y is None:
+            return x, None
+        return x, loss.check_targets(y, self.layers[-1].n_out, n, self.dtype)
+
+    @staticmethod
+    def _check_loss(loss) -> Loss:
+        return get_loss(loss)
+
+    @staticmethod
+    def _check_opt(opt) -> Optimizer:
+        if not isinstance(opt, Optimizer):
+            raise ConfigError(f"optimizer must be an oocnet optimizer such as oc.SGD(lr=0.01), got {opt!r}.")
+        return opt
+
+    # -- passes ----------------------------------------------------------------------------
+    def _forward(self, x, tiles, trace=None):
+        self.pager.set_plan(self._plan(tiles))
+        s_list, z_list = [], []
+        inp = x
+        for layer in self.layers:
+            s = layer.forward(self._access(layer, tiles), inp)
+            z = layer.activation.forward(s)
+            s_list.append(s)
+            z_list.append(z)
+            inp = z
+        if trace is not None:
+            trace["s"], trace["z"] = s_list, z_list
+        return s_list, z_list
+
+    def _backward(self, x, s_list, z_list, delta, tiles, opt=None, suffixes=None, record=None, trace=None):
+        self.pager.set_plan(self._plan(tiles, suffixes, backward=True))
+        deltas: list[Any] = [None] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            deltas[i] = delta
+            inp = z_list[i - 1] if i > 0 else x
+            dx = layer.backward(self._access(layer, tiles, opt, suffixes, record), inp, delta, need_dx=i > 0)
+            if i > 0:
+                below = self.layers[i - 1]
+                delta = dx * below.activation.grad(s_list[i - 1], z_list[i - 1])
+        if trace is not None:
+            trace["delta"] = deltas
+
+    def _loss_and_delta(self, s_list, z_list, y, loss: Loss):
+        out = self.layers[-1]
+        value = loss.value(z_list[-1], y)
+        if not np.isfinite(value):
+            raise NumericalError(
+                f"the loss is {value} before this step's update; parameters were not changed. "
+                f"Lower the learning rate or check the inputs' scale."
+            )
+        delta = loss.delta(z_list[-1], y) * out.activation.grad(s_list[-1], z_list[-1])
+        return value, delta
+
+    def train_step(self, X, y, loss, opt, trace: dict | None = None) -> float:
+        """Forward, backward and update on one batch; returns the batch loss (before the update).
+
+        Parameters
+        ----------
+        X : array-like, shape (rows, n_in)
+            The batch.
+        y : array-like
+            Targets: (rows, n_out) floats, or (rows,) integer labels for classification losses.
+        loss : Loss or str
+        opt : Optimizer
+        trace : dict, optional
+            If given, filled with ``"s"``, ``"z"`` and ``"delta"``: per layer, the
+            pre-activations, activations and deltas of this step.
+
+        Returns
+        -------
+        float
+        """
+        loss = self._check_loss(loss)
+        opt = self._check_opt(opt)
+        x, y = self._check_batch(X, y, loss)
+        tiles = self._tiles(opt)
+        suffixes = self._ensure_state(opt)
+        s_list, z_list = self._forward(x, tiles, trace)
+        value, delta = self._loss_and_delta(s_list, z_list, y, loss)
+        self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+        self.step += 1
+        return value
+
+    def gradients(self, X, y, loss) -> dict[str, np.ndarray]:
+        """The batch gradient of every parameter, without updating (whole arrays: small models, tests)."""
+        loss = self._check_loss(loss)
+        x, y = self._check_batch(X, y, loss)
+        tiles = self._tiles(None)
+        s_list, z_list = self._forward(x, tiles)
+        _, delta = self._loss_and_delta(s_list, z_list, y, loss)
+        record = {k: np.zeros(i.shape, dtype=self.dtype) for k, i in self._param_infos.items()}
+        self._backward(x, s_list, z_list, delta, tiles, record=record)
+        return record
+
+    def predict(self, X) -> np.ndarray:
+        """The network's output z_out for a batch (forward only)."""
+        x, _ = self._check_batch(X)
+        return self._forward(x, self._tiles(None))[1][-1]
+
+    def evaluate(self, X, y, loss) -> float:
+        """The loss on a batch, without updating anything."""
+        loss = self._check_loss(loss)
+        x, y = self._check_batch(X, y, loss)
+        s_list, z_list = self._forward(x, self._tiles(None))
+        return loss.value(z_list[-1], y)
+
+    # -- parameters --------------------------------------------------------------------------
+    def parameter_keys(self) -> list[str]:
+        """Store keys of the model's parameters, in layer order."""
+        return list(self._param_infos)
+
+    def n_params(self) -> int:
+        """Number of parameter elements."""
+        return sum(int(np.prod(i.shape)) for i in self._param_infos.values())
+
+    def state_dict(self, include_state: bool = False) -> dict[str, np.ndarray]:
+        """Copies of all parameters as ``{"<layer>/<param>": ndarray}`` (whole arrays in RAM).
+
+        With ``include_state``, optimizer state found in the store is included
+        under ``"<layer>/<param>:<suffix>"``.
+        """
+        self.pager.flush()
+        keys = list(self._param_infos)
+        if include_state:
+            keys += [k for k in self.store.keys() if ":" in k and k.split(":", 1)[0] in self._param_infos]
+        return {k: self.store.read(k) for k in keys}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Write parameters (and optimizer state) from ``state``; everything is checked before anything is written.
+
+        With ``strict``, every model parameter must be present.  Keys must name
+        model parameters or their optimizer state; shapes and dtypes must match.
+        """
+        if not isinstance(state, dict):
+            raise ConfigError(f"state must be a dict of arrays, got {type(state).__name__}.")
+        checked = {}
+        for key, value in state.items():
+            base = key.split(":", 1)[0] if isinstance(key, str) else None
+            if base not in self._param_infos or (key != base and key not in self.store):
+                raise ConfigError(f"state key {key!r} names no parameter of this model; its keys are "
+                                  f"{self.parameter_keys()!r}.")
+            info = self._param_infos[key] if key == base else self.store.info(key)
+            arr = np.asarray(value)
+            if arr.shape != info.shape:
+                raise ShapeError(f"state[{key!r}] must have shape {info.shape}, got {arr.shape}.")
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise ShapeError(f"state[{key!r}] must be numeric, got {arr.dtype}.")
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise InputError(f"state[{key!r}] contains NaN or inf.")
+            checked[key] = arr.astype(info.dtype, copy=False)
+        if strict:
+            missing = [k for k in self._param_infos if k not in checked]
+            if missing:
+                raise ConfigError(f"state is missing parameters {missing!r} (pass strict=False to load a subset).")
+        self.pager.flush()
+        self.pager.invalidate()
+        for key, arr in checked.items():
+            self.store.write(key, arr)
+
+    # -- durability and lifetime -------------------------------------------------------------
+    @property
+    def io_stats(self) -> dict:
+        """The pager's counters (bytes read/written, hits, misses, IO wait seconds, ...)."""
+        return self.pager.stats.as_dict()
+
+    def commit(self) -> None:
+        """Write every changed block back and flush the store."""
+        self.pager.flush()
+
+    def close(self) -> None:
+        """Commit, stop the pager, and close the store if the model opened it."""
+        try:
+            if not self.store.closed:
+                self.pager.close()
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+    def __enter__(self) -> "Sequential":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def summary(self) -> str:
+        """A table of layers, parameter shapes and bytes."""
+        lines = [f"{'layer':<16}{'parameter':<12}{'shape':<22}{'bytes':>12}"]
+        for key, info in self._param_infos.items():
+            layer, name = key.split("/", 1)
+            lines.append(f"{layer:<16}{name:<12}{str(info.shape):<22}{format_bytes(info.nbytes):>12}")
+        total = sum(i.nbytes for i in self._param_infos.values())
+        lines.append(f"total {self.n_params():,} parameters, {format_bytes(total)}; store "
+                     f"{self.store.backend}, budget {format_bytes(self.budget)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Sequential({self.layers!r}, store={self.store.backend}, budget={format_bytes(self.budget)})"

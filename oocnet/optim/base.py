@@ -1,0 +1,59 @@
+"""The optimizer contract: state declared per parameter, updates applied in place to blocks.
+
+An optimizer never holds parameters or state itself.  For each parameter it
+declares the state arrays it needs (:meth:`Optimizer.state_specs`); the model
+creates them in the store beside the parameter, under the key
+``"<parameter key>:<suffix>"``, with the same number of rows, so the pager hands
+the optimizer a parameter block and the same rows of each state array.  An
+update therefore works the same on a whole parameter, a row range of it, or the
+rows an embedding batch touched -- which is what makes the sparse ("lazy")
+semantics of each rule fall out of one code path.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+class Optimizer:
+    """Base class of update rules.
+
+    Subclasses set ``name``, override :meth:`state_specs` when they keep state,
+    and implement :meth:`step`.
+    """
+
+    name = "optimizer"
+
+    def state_specs(self, shape: tuple[int, ...], dtype: np.dtype) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+        """``(suffix, shape, dtype)`` of each state array kept for a parameter of ``shape``; axis 0 matches."""
+        return []
+
+    def state_init(self, suffix: str) -> float:
+        """The constant that state ``suffix`` starts at (0 unless a rule says otherwise)."""
+        return 0.0
+
+    def step(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Update ``param`` (a block) in place from ``grad``; ``state`` holds the same rows of each state array.
+
+        ``grad`` is the batch-summed gradient of these rows and may be overwritten.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def _positive(name: str, value, allow_zero: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or (
+            value < 0 if allow_zero else value <= 0
+        ):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}.")
+        return float(value)
+
+    @staticmethod
+    def _fraction(name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}.")
+        return float(value)

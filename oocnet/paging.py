@@ -1,0 +1,529 @@
+"""The pager: parameter blocks paged between a store and RAM under a byte budget.
+
+A layer *checks out* a block -- a row range ``[start, stop)`` of a parameter, or
+a set of rows -- computes with the ndarray it gets, and *checks it back in*,
+dirty if it changed it.  The pager
+
+* keeps the bytes it holds (checked-out blocks, cached blocks, blocks being
+  prefetched and spare buffers) at or below ``budget``;
+* caches checked-in row-range blocks and drops the least recently used first,
+  writing dirty ones back to the store before dropping them;
+* prefetches, in a background thread, the blocks that come next in the *plan*
+  the model sets (forward order, then the reverse for backward), as far as the
+  budget allows, so reading overlaps computing;
+* reuses the buffers of dropped blocks for blocks of the same shape: large
+  per-step allocations would be returned to the OS by glibc and page-faulted
+  back every step, which costs more than the arithmetic;
+* counts bytes read and written, hits, misses, evictions and seconds spent
+  waiting for IO (:class:`PagerStats`).
+
+Row-set blocks (an embedding's touched rows) are not cached: each checkout
+reads them and a dirty checkin writes them straight back.
+
+With a ``zero_copy`` store (the in-RAM default) the pager hands out live views
+and moves nothing; the budget does not apply since the parameters are in RAM.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .errors import BudgetError, ConfigError, OocnetError
+from .store.base import Store
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value) -> int | None:
+    """Parse a byte count: an int, or a string like ``"256MiB"``, ``"1.5GB"``, ``"4096"``.
+
+    ``None``, ``"none"`` and ``"unlimited"`` mean no limit (returns None).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError(f"budget must be a positive number of bytes, got {value}.")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "").replace("_", "")
+        if text in ("none", "unlimited", "inf"):
+            return None
+        num = text.rstrip("kmgtib")
+        unit = text[len(num):] or "b"
+        try:
+            n = float(num)
+        except ValueError:
+            n = -1.0
+        if unit in _UNITS and n > 0:
+            return int(n * _UNITS[unit])
+    raise ConfigError(
+        f"budget must be a positive byte count such as 268435456, '256MiB' or '1.5GB', or None, got {value!r}."
+    )
+
+
+def format_bytes(n: float | None) -> str:
+    """``1536`` -> ``'1.5 KiB'``; None -> ``'unlimited'``."""
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass
+class PagerStats:
+    """Counters of a :class:`Pager` since it was made (or since :meth:`Pager.reset_stats`).
+
+    Attributes
+    ----------
+    bytes_read, bytes_written : int
+        Bytes moved from and to the store.
+    hits, misses : int
+        Checkouts served from RAM, and checkouts that had to read (prefetched
+        blocks that arrive in time count as hits).
+    prefetched : int
+        Blocks read by the background thread.
+    evictions : int
+        Cached blocks dropped to make room.
+    io_wait_seconds : float
+        Time the computing thread spent blocked on reads and write-backs.
+    peak_resident_bytes : int
+        Most bytes the pager held at once.
+    """
+
+    bytes_read: int = 0
+    bytes_written: int = 0
+    hits: int = 0
+    misses: int = 0
+    prefetched: int = 0
+    evictions: int = 0
+    io_wait_seconds: float = 0.0
+    peak_resident_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        """The counters as a plain dict."""
+        return asdict(self)
+
+
+BlockId = tuple[str, int, int]
+
+
+class _Entry:
+    __slots__ = ("key", "start", "stop", "array", "nbytes", "dirty", "pins", "future")
+
+    def __init__(self, key: str, start: int, stop: int, nbytes: int) -> None:
+        self.key, self.start, self.stop, self.nbytes = key, start, stop, nbytes
+        self.array: np.ndarray | None = None
+        self.dirty = False
+        self.pins = 0
+        self.future: Future | None = None
+
+
+class Pager:
+    """Pages parameter blocks between ``store`` and RAM within ``budget`` bytes.
+
+    Parameters
+    ----------
+    store : Store
+        Where the parameters live.
+    budget : int, str or None
+        Most bytes of parameter and optimizer-state blocks held in RAM at once
+        (``"256MiB"``, ``2**28``); None for no limit.
+    prefetch : bool
+        Read upcoming blocks of the plan in a background thread.
+    """
+
+    def __init__(self, store: Store, budget=None, *, prefetch: bool = True) -> None:
+        if not isinstance(store, Store):
+            raise ConfigError(f"store must be an oocnet Store, got {type(store).__name__}.")
+        self.store = store
+        self.budget = parse_bytes(budget)
+        self.stats = PagerStats()
+        self._lock = threading.RLock()
+        self._cache: collections.OrderedDict[BlockId, _Entry] = collections.OrderedDict()
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._free_bytes = 0
+        self._resident = 0  # entries (loaded, loading or checked out) + free buffers
+        self._plan: list[BlockId] = []
+        self._plan_pos: dict[BlockId, int] = {}
+        self._lookahead = 2
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="oocnet-prefetch") if (
+            prefetch and not store.zero_copy) else None
+        self._closed = False
+
+    # -- accounting ----------------------------------------------------------------
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the pager holds now (blocks and spare buffers)."""
+        return self._resident
+
+    def reset_stats(self) -> None:
+        """Zero the counters."""
+        self.stats = PagerStats(peak_resident_bytes=self._resident)
+
+    def _grow(self, n: int) -> None:
+        self._resident += n
+        if self._resident > self.stats.peak_resident_bytes:
+            self.stats.peak_resident_bytes = self._resident
+
+    def _room(self, n: int, protect: frozenset = frozenset()) -> bool:
+        """Free buffers and evict LRU unpinned blocks until ``n`` more bytes fit. Lock held."""
+        if self.budget is None:
+            return True
+        while self._resident + n > self.budget and self._free_bytes:
+            shape_key = next(iter(self._free))
+            buf = self._free[shape_key].pop()
+            if not self._free[shape_key]:
+                del self._free[shape_key]
+            self._free_bytes -= buf.nbytes
+            self._resident -= buf.nbytes
+        if self._resident + n <= self.budget:
+            return True
+        for bid in list(self._cache):
+            if self._resident + n <= self.budget:
+                break
+            e = self._cache[bid]
+            if e.pins or e.future is not None or bid in protect:
+                continue
+            self._drop(e, keep_buffer=False)
+            self.stats.evictions += 1
+        return self._resident + n <= self.budget
+
+    def _drop(self, e: _Entry, keep_buffer: bool) -> None:
+        """Write back (if dirty) and forget a cached block. Lock held."""
+        if e.dirty and e.array is not None:
+            self._write_back(e)
+        del self._cache[(e.key, e.start, e.stop)]
+        if keep_buffer and e.array is not None:
+            self._free.setdefault((e.array.shape, e.array.dtype.str), []).append(e.array)
+            self._free_bytes += e.nbytes
+        else:
+            self._resident -= e.nbytes
+        e.array = None
+
+    def _write_back(self, e: _Entry) -> None:
+        t0 = time.perf_counter()
+        self.store.write_rows(e.key, e.start, e.array)
+        self.stats.io_wait_seconds += time.perf_counter() - t0
+        self.stats.bytes_written += e.nbytes
+        e.dirty = False
+
+    def _alloc(self, shape: tuple, dtype: np.dtype, what: str, protect: frozenset = frozenset(),
+               required: bool = True) -> np.ndarray | None:
+        """A buffer for a block, reserved against the budget. Lock held.
+
+        A spare buffer of the same shape is reused (its bytes are already
+        counted); otherwise room is made and a new one allocated.  Returns None
+        when there is no room and ``required`` is False; raises BudgetError when
+        it is True.
+        """
+        bufs = self._free.get((shape, dtype.str))
+        if bufs:
+            buf = bufs.pop()
+            if not bufs:
+                del self._free[(shape, dtype.str)]
+            self._free_bytes -= buf.nbytes
+            return buf
+        n = int(np.prod(shape)) * dtype.itemsize
+        if self.budget is not None and self._resident + n > self.budget:
+            # Something must go: prefer the least recently used block of the same
+            # shape, whose buffer can be reused instead of freed and reallocated.
+            for bid, e in self._cache.items():
+                if (not e.pins and e.future is None and bid not in protect and e.array is not None
+                        and e.array.shape == shape and e.array.dtype == dtype):
+                    buf = e.array
+                    self._drop(e, keep_buffer=False)
+                    self._resident += buf.nbytes
+                    self.stats.evictions += 1
+                    return buf
+        if not self._room(n, protect):
+            if not required:
+                return None
+            pinned = sum(e.nbytes for e in self._cache.values() if e.pins or e.future is not None)
+            raise BudgetError(
+                f"{what} needs {format_bytes(n)} but the budget of {format_bytes(self.budget)} has "
+                f"{format_bytes(pinned)} checked out or in flight; raise the budget to at least "
+                f"{format_bytes(pinned + n)}."
+            )
+        self._grow(n)
+        return np.empty(shape, dtype=dtype)
+
+    # -- plans and prefetch -------------------------------------------------------------
+    def set_plan(self, blocks: list[BlockId]) -> None:
+        """Declare the order in which row-range blocks will be checked out next.
+
+        After each checkout the pager starts reading the following blocks of
+        the plan in the background, as far as the budget allows.
+        """
+        with self._lock:
+            self._plan = list(blocks)
+            self._plan_pos = {b: i for i, b in enumerate(self._plan)}
+        if self._plan:
+            self._prefetch_after(-1)
+
+    def _prefetch_after(self, pos: int) -> None:
+        if self._executor is None:
+            return
+        upcoming = self._plan[pos + 1 : pos + 1 + self._lookahead]
+        protect = frozenset(upcoming)
+        with self._lock:
+            for bid in upcoming:
+                if bid in self._cache:
+                    continue
+                key, a, b = bid
+                info = self.store.info(key)
+                shape = (b - a, *info.row_shape)
+                self._evict_overlaps(key, a, b)
+                buf = self._alloc(shape, info.dtype, "prefetch", protect, required=False)
+                if buf is None:
+                    return
+                e = _Entry(key, a, b, buf.nbytes)
+                e.array = buf
+                self._cache[bid] = e
+                e.future = self._executor.submit(self._load, e)
+
+    def _load(self, e: _Entry) -> None:
+        self.store.read_rows(e.key, e.start, e.stop, out=e.array)
+        with self._lock:
+            self.stats.bytes_read += e.nbytes
+            self.stats.prefetched += 1
+
+    def _evict_overlaps(self, key: str, a: int, b: int) -> None:
+        """Drop cached blocks of ``key`` that overlap ``[a, b)`` but differ from it. Lock held."""
+        for (k, s, t), e in list(self._cache.items()):
+            if k == key and s < b and a < t and (s, t) != (a, b):
+                if e.future is not None:
+                    self._await(e)
+                if e.pins:
+                    raise OocnetError(f"rows [{s}, {t}) of {key!r} are checked out; check them in first.")
+                self._drop(e, keep_buffer=True)
+
+    def _await(self, e: _Entry) -> None:
+        fut = e.future
+        if fut is None:
+            return
+        t0 = time.perf_counter()
+        self._lock.release()
+        try:
+            fut.exception()  # wait without raising here
+        finally:
+            self._lock.acquire()
+        self.stats.io_wait_seconds += time.perf_counter() - t0
+        e.future = None
+        if fut.exception() is not None:
+            self._drop(e, keep_buffer=True)
+            raise fut.exception()
+
+    # -- row ranges ---------------------------------------------------------------------
+    def checkout(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Pin rows ``[start, stop)`` of ``key`` in RAM and return them (reads if needed).
+
+        Every checkout must be matched by one :meth:`checkin`.
+        """
+        self._check_open()
+        if self.store.zero_copy:
+            self.stats.hits += 1
+            return self.store.view_rows(key, start, stop)
+        bid = (key, start, stop)
+        with self._lock:
+            e = self._cache.get(bid)
+            if e is not None and e.future is not None:
+                try:
+                    self._await(e)
+                except Exception:
+                    e = None
+                else:
+                    e = self._cache.get(bid)
+            if e is not None:
+                self.stats.hits += 1
+                self._cache.move_to_end(bid)
+            else:
+                info = self.store.info(key)
+                if not 0 <= start < stop <= info.n_rows:
+                    raise OocnetError(f"rows [{start}, {stop}) are outside {key!r} with {info.n_rows} rows.")
+                nbytes = (stop - start) * info.row_nbytes
+                self._evict_overlaps(key, start, stop)
+                e = _Entry(key, start, stop, nbytes)
+                e.array = self._alloc((stop - start, *info.row_shape), info.dtype,
+                                      f"rows [{start}, {stop}) of {key!r}")
+                e.pins += 1  # pinned before the lock is released for IO
+                self._cache[bid] = e
+                t0 = time.perf_counter()
+                try:
+                    self.store.read_rows(key, start, stop, out=e.array)
+                except BaseException:
+                    e.pins -= 1
+                    self._drop(e, keep_buffer=True)
+                    raise
+                self.stats.io_wait_seconds += time.perf_counter() - t0
+                self.stats.bytes_read += nbytes
+                self.stats.misses += 1
+                e.pins -= 1
+            e.pins += 1
+            pos = self._plan_pos.get(bid)
+        if pos is not None:
+            self._prefetch_after(pos)
+        return e.array
+
+    def checkin(self, key: str, start: int, stop: int, dirty: bool = False) -> None:
+        """Unpin a block checked out with :meth:`checkout`; ``dirty`` if it was changed."""
+        if self.store.zero_copy:
+            return
+        with self._lock:
+            e = self._cache.get((key, start, stop))
+            if e is None or e.pins == 0:
+                raise OocnetError(f"rows [{start}, {stop}) of {key!r} are not checked out.")
+            e.pins -= 1
+            e.dirty = e.dirty or bool(dirty)
+
+    def discard(self, key: str, start: int, stop: int) -> None:
+        """Unpin a checked-out block and forget changes made to it (after an error)."""
+        if self.store.zero_copy:
+            return
+        with self._lock:
+            e = self._cache.get((key, start, stop))
+            if e is None or e.pins == 0:
+                return
+            e.pins -= 1
+            if e.pins == 0:
+                e.dirty = False
+                self._drop(e, keep_buffer=True)
+
+    @contextlib.contextmanager
+    def rows(self, key: str, start: int, stop: int, write: bool = False) -> Iterator[np.ndarray]:
+        """``with pager.rows(key, a, b, write=True) as block:`` -- checkout, then checkin.
+
+        On an exception inside the block, changes are discarded, not written back.
+        """
+        arr = self.checkout(key, start, stop)
+        try:
+            yield arr
+        except BaseException:
+            self.discard(key, start, stop) if write else self.checkin(key, start, stop)
+            raise
+        self.checkin(key, start, stop, dirty=write)
+
+    # -- row sets ------------------------------------------------------------------------
+    def gather(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Read the rows ``rows`` (sorted, unique) of ``key`` into a new array counted against the budget.
+
+        Call :meth:`scatter` (or :meth:`release`) with the same rows afterwards.
+        """
+        self._check_open()
+        info = self.store.info(key)
+        nbytes = len(rows) * info.row_nbytes
+        with self._lock:
+            # Cached row ranges may hold newer values than the store: write them back first.
+            for e in self._cache.values():
+                if e.key == key and e.dirty and e.array is not None:
+                    self._write_back(e)
+            if not self.store.zero_copy and not self._room(nbytes):
+                raise BudgetError(
+                    f"{len(rows)} rows of {key!r} need {format_bytes(nbytes)}, more than the budget of "
+                    f"{format_bytes(self.budget)} leaves free; raise the budget or use smaller batches."
+                )
+            if not self.store.zero_copy:
+                self._grow(nbytes)
+        t0 = time.perf_counter()
+        try:
+            out = self.store.read_index(key, rows)
+        except BaseException:
+            self.release(key, rows)
+            raise
+        with self._lock:
+            if not self.store.zero_copy:
+                self.stats.io_wait_seconds += time.perf_counter() - t0
+                self.stats.bytes_read += nbytes
+                self.stats.misses += 1
+            else:
+                self.stats.hits += 1
+        return out
+
+    def scatter(self, key: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """Write gathered rows back to the store and release their budget."""
+        try:
+            t0 = time.perf_counter()
+            self.store.write_index(key, rows, values)
+            with self._lock:
+                if not self.store.zero_copy:
+                    self.stats.io_wait_seconds += time.perf_counter() - t0
+                    self.stats.bytes_written += values.nbytes
+                # Cached ranges of this key are now stale.
+                for bid, e in list(self._cache.items()):
+                    if e.key == key and e.pins == 0 and e.future is None:
+                        e.dirty = False
+                        self._drop(e, keep_buffer=True)
+        finally:
+            self.release(key, rows)
+
+    def release(self, key: str, rows: np.ndarray) -> None:
+        """Return the budget of gathered rows without writing them."""
+        if self.store.zero_copy:
+            return
+        info = self.store.info(key)
+        with self._lock:
+            self._resident -= len(rows) * info.row_nbytes
+
+    # -- whole-store operations -----------------------------------------------------------
+    def flush(self) -> None:
+        """Write every dirty cached block back and flush the store."""
+        self._check_open()
+        with self._lock:
+            for e in list(self._cache.values()):
+                if e.future is not None:
+                    self._await(e)
+                if e.dirty and e.array is not None:
+                    self._write_back(e)
+        self.store.flush()
+
+    def invalidate(self, key: str | None = None) -> None:
+        """Write back and drop cached blocks (of ``key``, or all), e.g. after writing the store directly."""
+        with self._lock:
+            for e in list(self._cache.values()):
+                if key is not None and e.key != key:
+                    continue
+                if e.future is not None:
+                    self._await(e)
+                if e.pins:
+                    raise OocnetError(f"rows [{e.start}, {e.stop}) of {e.key!r} are checked out.")
+                self._drop(e, keep_buffer=False)
+            if key is None:
+                self._resident -= self._free_bytes
+                self._free.clear()
+                self._free_bytes = 0
+
+    def close(self) -> None:
+        """Write back dirty blocks, stop the prefetch thread and release buffers (the store stays open)."""
+        if self._closed:
+            return
+        try:
+            if not self.store.closed:
+                self.flush()
+                self.invalidate()
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OocnetError("the pager is closed.")
+
+    def __repr__(self) -> str:
+        return (f"<Pager budget={format_bytes(self.budget)} resident={format_bytes(self._resident)} "
+                f"blocks={len(self._cache)}>")
+
+
+__all__ = ["Pager", "PagerStats", "parse_bytes", "format_bytes"]
