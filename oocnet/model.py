@@ -139,19 +139,24 @@ class Sequential:
             out[key] = [ParamInfo(f"{key}:{s}", tuple(shape), np.dtype(dt)) for s, shape, dt in specs]
         return out
 
+    @staticmethod
+    def _group_row_nbytes(info: ParamInfo, states: list[ParamInfo]) -> int:
+        """Bytes one row costs while it is updated: the row, its gradient, and its optimizer state rows."""
+        return 2 * info.row_nbytes + sum(s.row_nbytes for s in states)
+
     def _min_budget(self, states: dict | tuple) -> int:
         """Smallest budget that works: one row of the widest parameter with its state rows."""
         need = 0
         for key, info in self._param_infos.items():
             st = states.get(key, []) if isinstance(states, dict) else []
-            row = info.row_nbytes + sum(s.row_nbytes for s in st)
+            row = self._group_row_nbytes(info, st)
             # A 1-D parameter (a bias) is read whole.
             rows = info.n_rows if len(info.shape) == 1 else 1
             need = max(need, rows * row)
         if self.budget is not None and self.budget < need:
             raise BudgetError(
-                f"budget {format_bytes(self.budget)} is too small: the largest parameter block with its "
-                f"optimizer state needs {format_bytes(need)}; use budget >= {need} bytes "
+                f"budget {format_bytes(self.budget)} is too small: one row of the largest parameter with its "
+                f"gradient and optimizer state needs {format_bytes(need)}; use budget >= {need} bytes "
                 f"(twice that lets the next block load while one computes)."
             )
         return need
@@ -166,7 +171,7 @@ class Sequential:
         self._min_budget(states)
         tiles: dict[str, list[tuple[int, int]]] = {}
         for key, info in self._param_infos.items():
-            row = info.row_nbytes + sum(s.row_nbytes for s in states[key])
+            row = self._group_row_nbytes(info, states[key])
             n = info.n_rows
             if self.budget is None or len(info.shape) == 1:
                 rows = n

@@ -180,7 +180,7 @@ class Pager:
 
     def _room(self, n: int, protect: frozenset = frozenset()) -> bool:
         """Free buffers and evict LRU unpinned blocks until ``n`` more bytes fit. Lock held."""
-        if self.budget is None:
+        if self.budget is None or self.store.zero_copy:
             return True
         while self._resident + n > self.budget and self._free_bytes:
             shape_key = next(iter(self._free))
@@ -237,7 +237,7 @@ class Pager:
             self._free_bytes -= buf.nbytes
             return buf
         n = int(np.prod(shape)) * dtype.itemsize
-        if self.budget is not None and self._resident + n > self.budget:
+        if self.budget is not None and not self.store.zero_copy and self._resident + n > self.budget:
             # Something must go: prefer the least recently used block of the same
             # shape, whose buffer can be reused instead of freed and reallocated.
             for bid, e in self._cache.items():
@@ -248,7 +248,20 @@ class Pager:
                     self._resident += buf.nbytes
                     self.stats.evictions += 1
                     return buf
-        if not self._room(n, protect):
+        fits = self._room(n, protect)
+        while not fits and required:
+            # Blocks still loading in the background cannot be dropped; wait for
+            # them (they become evictable) rather than fail a required allocation.
+            loading = [e for e in self._cache.values() if e.future is not None and not e.pins]
+            if not loading:
+                break
+            for e in loading:
+                try:
+                    self._await(e)
+                except Exception:
+                    pass
+            fits = self._room(n, protect)
+        if not fits:
             if not required:
                 return None
             pinned = sum(e.nbytes for e in self._cache.values() if e.pins or e.future is not None)
@@ -414,6 +427,20 @@ class Pager:
             self.discard(key, start, stop) if write else self.checkin(key, start, stop)
             raise
         self.checkin(key, start, stop, dirty=write)
+
+    @contextlib.contextmanager
+    def temp(self, shape: tuple, dtype) -> Iterator[np.ndarray]:
+        """A scratch buffer counted against the budget (e.g. a tile's gradient), reused across steps."""
+        dtype = np.dtype(dtype)
+        shape = tuple(shape)
+        with self._lock:
+            buf = self._alloc(shape, dtype, f"a scratch buffer of shape {shape}")
+        try:
+            yield buf
+        finally:
+            with self._lock:
+                self._free.setdefault((buf.shape, buf.dtype.str), []).append(buf)
+                self._free_bytes += buf.nbytes
 
     # -- row sets ------------------------------------------------------------------------
     def gather(self, key: str, rows: np.ndarray) -> np.ndarray:

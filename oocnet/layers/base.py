@@ -142,10 +142,12 @@ class ParamAccess:
             yield arr
 
     @contextlib.contextmanager
-    def update(self, name: str, start: int, stop: int) -> Iterator[tuple[np.ndarray, Callable[[np.ndarray], None]]]:
-        """Rows ``[start, stop)`` of ``name`` and ``apply(grad)``, which updates them in place.
+    def update(self, name: str, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray, Callable[[], None]]]:
+        """Rows ``[start, stop)`` of ``name``, a gradient buffer shaped like them, and ``apply()``.
 
-        Compute anything that needs the pre-update values before calling ``apply``.
+        Fill the buffer with the rows' gradient, then call ``apply()`` to update the
+        rows in place.  Compute anything that needs the pre-update values first.
+        The buffer comes from the pager and counts against the budget.
         """
         key = self.key(name)
         suffixes = self.state_suffixes.get(name, [])
@@ -154,11 +156,12 @@ class ParamAccess:
             state = {
                 s: stack.enter_context(self.pager.rows(f"{key}:{s}", start, stop, write=True)) for s in suffixes
             }
+            grad = stack.enter_context(self.pager.temp(param.shape, param.dtype))
 
-            def apply(grad: np.ndarray) -> None:
+            def apply() -> None:
                 if self.record is not None:
                     self.record[key][start:stop] += grad
                 else:
                     self.optimizer.step(param, grad, state)
 
-            yield param, apply
+            yield param, grad, apply

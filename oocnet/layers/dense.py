@@ -73,14 +73,16 @@ class Dense(Layer):
     def backward(self, access, x, delta, need_dx):
         dx = np.empty((delta.shape[0], self.n_in), dtype=delta.dtype) if need_dx else None
         if self.bias:
-            with access.update("b", 0, self.n_out) as (_, apply):
-                apply(delta.sum(axis=0))
+            with access.update("b", 0, self.n_out) as (_, grad, apply):
+                np.sum(delta, axis=0, out=grad)
+                apply()
         # Reverse tile order: the tile forward used last is likeliest still in RAM.
         for a, b in reversed(access.tiles("W")):
-            with access.update("W", a, b) as (w, apply):
+            with access.update("W", a, b) as (w, grad, apply):
                 if need_dx:
                     np.matmul(delta, w.T, out=dx[:, a:b])
-                apply(x[:, a:b].T @ delta)
+                np.matmul(x[:, a:b].T, delta, out=grad)
+                apply()
         return dx
 
     def __repr__(self) -> str:

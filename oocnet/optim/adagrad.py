@@ -44,7 +44,7 @@ class Adagrad(Optimizer):
         """The value state ``suffix`` starts at."""
         return self.initial_accumulator
 
-    def step(self, param, grad, state):
+    def _update(self, param, grad, state):
         acc = state["adagrad"]
         acc += grad * grad
         denom = np.sqrt(acc)

@@ -36,11 +36,27 @@ class Optimizer:
         """The constant that state ``suffix`` starts at (0 unless a rule says otherwise)."""
         return 0.0
 
-    def step(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        """Update ``param`` (a block) in place from ``grad``; ``state`` holds the same rows of each state array.
+    #: Rows are updated in chunks of about this many elements, so the rule's
+    #: temporaries stay small (and in cache) however large the block is.
+    chunk_elements = 1 << 15
 
-        ``grad`` is the batch-summed gradient of these rows and may be overwritten.
+    def step(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Update ``param`` (a block of rows) in place from ``grad``; ``state`` holds the same rows of each state array.
+
+        ``grad`` is the batch-summed gradient of these rows; it may be overwritten.
         """
+        n = param.shape[0]
+        per_row = max(1, param.size // max(1, n))
+        step = max(1, self.chunk_elements // per_row)
+        if step >= n:
+            self._update(param, grad, state)
+            return
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            self._update(param[a:b], grad[a:b], {k: v[a:b] for k, v in state.items()})
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """The rule on one chunk of rows (in place)."""
         raise NotImplementedError
 
     @staticmethod

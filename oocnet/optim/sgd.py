@@ -35,7 +35,7 @@ class SGD(Optimizer):
     def state_specs(self, shape, dtype):
         return [("momentum", tuple(shape), np.dtype(dtype))] if self.momentum else []
 
-    def step(self, param, grad, state):
+    def _update(self, param, grad, state):
         if self.momentum:
             v = state["momentum"]
             v *= self.momentum

@@ -1,0 +1,205 @@
+"""The pager: budget, LRU eviction with write-back, prefetch, counters."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from oocnet.errors import BudgetError, ConfigError
+from oocnet.paging import Pager, format_bytes, parse_bytes
+from oocnet.store import MemoryStore
+
+
+class CopyingStore(MemoryStore):
+    """An in-RAM store that hands out copies, so the pager pages as it would from disk."""
+
+    zero_copy = False
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[tuple] = []
+        self.writes: list[tuple] = []
+        self.gate: threading.Event | None = None
+
+    def _read_rows(self, key, start, stop, out):
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.reads.append((key, start, stop))
+        super()._read_rows(key, start, stop, out)
+
+    def _write_rows(self, key, start, value):
+        self.writes.append((key, start, start + len(value)))
+        super()._write_rows(key, start, value)
+
+
+def make(budget, rows=10, cols=4):
+    store = CopyingStore()
+    for name in "abc":
+        store.create(name, (rows, cols), "float64", init=lambda a, b: np.arange(a * cols, b * cols, dtype=float).reshape(-1, cols))
+    return store, Pager(store, budget, prefetch=False)
+
+
+@pytest.mark.parametrize("text, n", [("256MiB", 256 * 2**20), ("1.5GB", 1_500_000_000), ("4096", 4096),
+                                     (4096, 4096), ("2 KiB", 2048), (None, None), ("unlimited", None)])
+def test_parse_bytes(text, n):
+    assert parse_bytes(text) == n
+
+
+@pytest.mark.parametrize("bad", [0, -5, "0MiB", "lots", "12XB", 1.5, True])
+def test_parse_bytes_rejects(bad):
+    with pytest.raises(ConfigError, match="budget must be"):
+        parse_bytes(bad)
+
+
+def test_format_bytes():
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(3 * 2**20) == "3.0 MiB"
+    assert format_bytes(None) == "unlimited"
+
+
+def test_checkout_reads_once_then_hits():
+    store, pager = make(None)
+    a = pager.checkout("a", 0, 10)
+    np.testing.assert_array_equal(a, store._arrays["a"])
+    pager.checkin("a", 0, 10)
+    pager.checkout("a", 0, 10)
+    pager.checkin("a", 0, 10)
+    assert pager.stats.misses == 1 and pager.stats.hits == 1
+    assert store.reads == [("a", 0, 10)]
+    assert pager.stats.bytes_read == 10 * 4 * 8
+
+
+def test_lru_eviction_writes_dirty_blocks_back_before_dropping():
+    store, pager = make(2 * 320)  # room for two 10x4 float64 blocks
+    with pager.rows("a", 0, 10, write=True) as a:
+        a += 1000
+    with pager.rows("b", 0, 10) as b:
+        pass
+    assert store.writes == []  # both still cached; nothing written yet
+    with pager.rows("c", 0, 10):
+        pass  # evicts a (LRU), which is dirty
+    assert store.writes == [("a", 0, 10)]
+    assert store.read("a")[0, 0] == 1000
+    assert pager.stats.evictions == 1
+    assert pager.resident_bytes <= 640 and pager.stats.peak_resident_bytes <= 640
+
+
+def test_resident_bytes_never_exceed_budget_under_random_access():
+    rng = np.random.default_rng(0)
+    store, pager = make(700, rows=40)
+    ref = {k: store.read(k) for k in "abc"}
+    tilings = [(0, 10), (10, 20), (20, 40), (0, 40), (5, 15)]
+    for _ in range(300):
+        key = "abc"[rng.integers(3)]
+        a, b = tilings[rng.integers(len(tilings))]
+        if (b - a) * 32 > 700:
+            with pytest.raises(BudgetError, match="raise the budget"):
+                pager.checkout(key, a, b)
+            continue
+        write = bool(rng.integers(2))
+        with pager.rows(key, a, b, write=write) as blk:
+            np.testing.assert_array_equal(blk, ref[key][a:b])
+            if write:
+                blk += 1.0
+                ref[key][a:b] += 1.0
+        assert pager.resident_bytes <= 700
+    assert pager.stats.peak_resident_bytes <= 700
+    pager.flush()
+    for k in "abc":
+        np.testing.assert_array_equal(store.read(k), ref[k])
+
+
+def test_pinned_blocks_are_never_evicted_and_overflow_is_a_budget_error():
+    store, pager = make(320)
+    pager.checkout("a", 0, 10)
+    with pytest.raises(BudgetError, match=r"needs 320 B.*320 B checked out"):
+        pager.checkout("b", 0, 10)
+    pager.checkin("a", 0, 10)
+    pager.checkout("b", 0, 10)  # now a can go
+
+
+def test_exception_inside_a_write_block_discards_changes():
+    store, pager = make(None)
+    with pytest.raises(RuntimeError):
+        with pager.rows("a", 0, 10, write=True) as a:
+            a[:] = -1
+            raise RuntimeError("boom")
+    pager.flush()
+    assert store.read("a")[0, 1] == 1.0
+
+
+def test_overlapping_tilings_stay_consistent():
+    store, pager = make(None)
+    with pager.rows("a", 0, 10, write=True) as a:
+        a[:] = 7
+    with pager.rows("a", 2, 5) as part:  # must see the dirty whole-block values
+        assert np.all(part == 7)
+    pager.flush()
+    assert np.all(store.read("a") == 7)
+
+
+def test_prefetch_loads_the_next_planned_block_in_the_background():
+    store = CopyingStore()
+    for k in "abc":
+        store.create(k, (10, 4), "float64")
+    pager = Pager(store, 3 * 320, prefetch=True)
+    pager.set_plan([("a", 0, 10), ("b", 0, 10), ("c", 0, 10)])
+    pager.checkout("a", 0, 10)  # a was prefetched by set_plan, b by this checkout
+    pager.checkin("a", 0, 10)
+    pager.checkout("b", 0, 10)
+    pager.checkin("b", 0, 10)
+    pager.checkout("c", 0, 10)
+    pager.checkin("c", 0, 10)
+    assert pager.stats.prefetched >= 2
+    assert pager.stats.hits == 3 and pager.stats.misses == 0
+    assert pager.stats.peak_resident_bytes <= 3 * 320
+    pager.close()
+
+
+def test_prefetch_respects_the_budget():
+    store = CopyingStore()
+    for k in "abcd":
+        store.create(k, (10, 4), "float64")
+    pager = Pager(store, 2 * 320, prefetch=True)
+    plan = [(k, 0, 10) for k in "abcd"]
+    pager.set_plan(plan)
+    for k in "abcd":
+        with pager.rows(k, 0, 10, write=True) as blk:
+            blk += 1
+        assert pager.resident_bytes <= 640
+    pager.flush()
+    assert pager.stats.peak_resident_bytes <= 640
+    for k in "abcd":
+        assert np.all(store.read(k) == 1)
+    pager.close()
+
+
+def test_gather_and_scatter_rows():
+    store, pager = make(1000)
+    rows = np.array([1, 4, 7])
+    blk = pager.gather("a", rows)
+    np.testing.assert_array_equal(blk, store.read("a")[rows])
+    assert pager.resident_bytes == 3 * 32
+    blk[:] = 0
+    pager.scatter("a", rows, blk)
+    assert pager.resident_bytes == 0
+    assert np.all(store.read("a")[rows] == 0) and store.read("a")[2, 0] == 8
+
+
+def test_gather_sees_dirty_cached_ranges():
+    store, pager = make(None)
+    with pager.rows("a", 0, 10, write=True) as a:
+        a[:] = 3
+    np.testing.assert_array_equal(pager.gather("a", np.array([0, 9])), np.full((2, 4), 3.0))
+
+
+def test_zero_copy_store_hands_out_live_views():
+    store = MemoryStore()
+    store.create("w", (3, 2), "float32")
+    pager = Pager(store, budget=1)  # no budget applies to parameters already in RAM
+    with pager.rows("w", 0, 3, write=True) as w:
+        w += 1
+    assert np.all(store.read("w") == 1)
+    assert pager.stats.bytes_read == 0
