@@ -361,7 +361,8 @@ class Store(abc.ABC):
         self._check_writable()
         info = self._checked_info(key)
         n = np.shape(value)[0] if np.ndim(value) else -1
-        a, b = self._check_range(info, start, operator.index(start) + max(n, 0))
+        a, _ = self._check_range(info, start, start)  # a non-integer start is a ConfigError, not a TypeError
+        a, b = self._check_range(info, a, a + max(n, 0))
         arr = self._check_value(info, value, b - a, "write_rows")
         if b > a:
             self._write_rows(key, a, arr)
