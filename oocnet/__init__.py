@@ -15,10 +15,10 @@ and are paged into RAM one row tile at a time under a byte budget::
 from . import errors
 from .activations import Activation, get_activation
 from .errors import OocnetError
-from .layers import Dense, Layer
+from .layers import Dense, Embedding, Layer
 from .losses import CustomLoss, HalfSquaredError, Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
 from .model import Sequential
-from .optim import SGD, Adagrad, Optimizer
+from .optim import SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
 from .paging import Pager
 from .store import Store, open_store
 
@@ -27,14 +27,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "Adagrad",
+    "Adam",
     "CustomLoss",
     "Dense",
+    "Embedding",
     "HalfSquaredError",
     "Layer",
     "Loss",
     "OocnetError",
     "Optimizer",
     "Pager",
+    "RowwiseAdagrad",
     "SGD",
     "Sequential",
     "SoftmaxCrossEntropy",

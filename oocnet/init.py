@@ -55,12 +55,19 @@ def _normal(u, shape):
     return ndtri(u * (1.0 - 2 * eps) + eps) / math.sqrt(_fans(shape)[1])
 
 
+def _uniform(u, shape):
+    # Same variance as "normal" (1/row_size) at a fraction of the cost: ndtri is ~5x slower
+    # than the uniform draw itself, which matters for a 10^7-row table.
+    return (2.0 * u - 1.0) * math.sqrt(3.0 / _fans(shape)[1])
+
+
 #: name -> f(u, shape) mapping U[0,1) draws to initial values.
 INITIALIZERS: dict[str, Callable | None] = {
     "zeros": None,
     "glorot_uniform": _glorot_uniform,
     "he_uniform": _he_uniform,
-    "normal": _normal,  # N(0, 1/row_size): embedding rows of unit expected norm
+    "uniform": _uniform,  # U(-a, a) with variance 1/row_size: embedding rows of unit expected norm
+    "normal": _normal,  # N(0, 1/row_size)
 }
 
 

@@ -23,6 +23,7 @@ from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
 from .optim.base import Optimizer
 from .paging import Pager, format_bytes, parse_bytes
+from .sparse import SparseBatch
 from .store import MemoryStore, Store, open_store
 from .store.base import ParamInfo, validate_dtype
 
@@ -79,6 +80,7 @@ class Sequential:
                 self.store.close()
             raise
         self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
+        self._row_cache_sig: tuple | None = None
         self.step = 0
 
     # -- construction -----------------------------------------------------------------
@@ -95,6 +97,9 @@ class Sequential:
             if layer.name in names:
                 raise ConfigError(f"layer names must be unique; {layer.name!r} is used twice.")
             names.add(layer.name)
+            if i > 0 and any(spec.sparse for spec in layer.params()):
+                raise ConfigError(f"{layer.describe()} takes sparse input, so it must be the first layer; it is "
+                                  f"layers[{i}].")
         for below, above in zip(layers, layers[1:]):
             if below.n_out != above.n_in:
                 raise ShapeError(
@@ -144,45 +149,96 @@ class Sequential:
         """Bytes one row costs while it is updated: the row, its gradient, and its optimizer state rows."""
         return 2 * info.row_nbytes + sum(s.row_nbytes for s in states)
 
+    def _sparse_keys(self) -> list[str]:
+        return [f"{l.name}/{s.name}" for l in self.layers for s in l.params() if s.sparse]
+
+    def _budget_split(self) -> tuple[int | None, int | None]:
+        """(bytes for dense tiles, bytes for sparse row caches). Half each when the model has both kinds."""
+        if self.budget is None:
+            return None, None
+        if not self._sparse_keys():
+            return self.budget, 0
+        share = self.budget // 2
+        return self.budget - share, share
+
+    @staticmethod
+    def _cache_row_nbytes(info: ParamInfo, states: list[ParamInfo]) -> int:
+        """Bytes a row-cache slot costs: the row and its state rows, plus about 50 bytes of bookkeeping each."""
+        return sum(i.row_nbytes + 50 for i in [info, *states])
+
     def _min_budget(self, states: dict | tuple) -> int:
-        """Smallest budget that works: one row of the widest parameter with its state rows."""
-        need = 0
+        """Smallest budget that works: one row of the widest parameter with its gradient and state rows."""
+        dense_need = sparse_need = 0
+        sparse = set(self._sparse_keys())
         for key, info in self._param_infos.items():
             st = states.get(key, []) if isinstance(states, dict) else []
+            if key in sparse:
+                sparse_need = max(sparse_need, self._cache_row_nbytes(info, st))
+                continue
             row = self._group_row_nbytes(info, st)
             # A 1-D parameter (a bias) is read whole.
             rows = info.n_rows if len(info.shape) == 1 else 1
-            need = max(need, rows * row)
+            dense_need = max(dense_need, rows * row)
+        need = 2 * max(dense_need, sparse_need) if sparse else dense_need
         if self.budget is not None and self.budget < need:
             raise BudgetError(
                 f"budget {format_bytes(self.budget)} is too small: one row of the largest parameter with its "
-                f"gradient and optimizer state needs {format_bytes(need)}; use budget >= {need} bytes "
+                f"gradient and optimizer state needs {format_bytes(need)}; use budget >= {need} bytes"
+                f"{' (half goes to dense tiles, half to the embedding row cache)' if sparse else ''} "
                 f"(twice that lets the next block load while one computes)."
             )
         return need
 
     def _tiles(self, opt: Optimizer | None) -> dict[str, list[tuple[int, int]]]:
-        sig = tuple(
-            (s, tuple(shape), str(dt)) for s, shape, dt in (opt.state_specs((2, 2), self.dtype) if opt else [])
-        )
+        sig = self._opt_signature(opt)
         if sig in self._tile_cache:
             return self._tile_cache[sig]
         states = self._state_infos(opt)
         self._min_budget(states)
+        budget, _ = self._budget_split()
         tiles: dict[str, list[tuple[int, int]]] = {}
         for key, info in self._param_infos.items():
             row = self._group_row_nbytes(info, states[key])
             n = info.n_rows
-            if self.budget is None or len(info.shape) == 1:
-                rows = n
-            elif n * row <= self.budget // 2:
+            if budget is None or len(info.shape) == 1 or n * row <= budget // 2:
                 rows = n
             else:
                 # Half the budget per tile so the next tile can load while this one computes.
-                rows = max(1, (self.budget // 2) // row) if row <= self.budget // 2 else max(1, self.budget // row)
+                rows = max(1, (budget // 2) // row) if row <= budget // 2 else max(1, budget // row)
             tiles[key] = [(a, min(n, a + rows)) for a in range(0, n, rows)]
         self._tile_cache[sig] = tiles
         return tiles
+
+    def _opt_signature(self, opt: Optimizer | None) -> tuple:
+        return tuple(
+            (s, tuple(shape), str(dt)) for s, shape, dt in (opt.state_specs((2, 2), self.dtype) if opt else [])
+        )
+
+    def _configure_row_caches(self, opt: Optimizer | None, suffixes: dict[str, list[str]] | None = None) -> None:
+        """Give each sparse parameter (and its optimizer state) a row cache sized from the budget."""
+        sig = self._opt_signature(opt)
+        if self._row_cache_sig == sig or self.store.zero_copy:
+            return
+        sparse = self._sparse_keys()
+        if not sparse:
+            self._row_cache_sig = sig
+            return
+        states = self._state_infos(opt)
+        _, share = self._budget_split()
+        weights = {k: self._cache_row_nbytes(self._param_infos[k], states[k]) for k in sparse}
+        for key in sparse:
+            info = self._param_infos[key]
+            group = [key] + [s.key for s in states[key]]
+            if share is None:
+                capacity = info.n_rows
+            else:
+                capacity = max(1, (share // len(sparse)) // weights[key])
+            for k in self.store.keys():  # drop caches of state this optimizer does not use
+                if k.startswith(key + ":") and k not in group:
+                    self.pager.disable_row_cache(k)
+            for k in group:
+                self.pager.enable_row_cache(k, capacity)
+        self._row_cache_sig = sig
 
     def _ensure_state(self, opt: Optimizer) -> dict[str, list[str]]:
         suffixes: dict[str, list[str]] = {}
@@ -204,7 +260,7 @@ class Sequential:
                 self.store.create(st.key, st.shape, st.dtype, init)
         return suffixes
 
-    def _access(self, layer: Layer, tiles, opt=None, suffixes=None, record=None) -> ParamAccess:
+    def _access(self, layer: Layer, tiles, opt=None, suffixes=None, record=None, training=False) -> ParamAccess:
         names = [s.name for s in layer.params()]
         return ParamAccess(
             self.pager,
@@ -213,13 +269,14 @@ class Sequential:
             opt,
             {n: (suffixes or {}).get(f"{layer.name}/{n}", []) for n in names},
             record,
+            training,
         )
 
     def _plan(self, tiles, suffixes=None, backward=False) -> list[tuple[str, int, int]]:
         blocks = []
         layers = reversed(self.layers) if backward else self.layers
         for layer in layers:
-            names = [s.name for s in layer.params()]
+            names = [s.name for s in layer.params() if not s.sparse]  # row sets are read on demand
             if backward:
                 names = names[::-1]  # Dense updates b first, then W tiles in reverse
             for n in names:
@@ -233,7 +290,7 @@ class Sequential:
 
     # -- validation ------------------------------------------------------------------------
     def _check_batch(self, X, y=None, loss: Loss | None = None):
-        x = self.layers[0].check_input(X, self.dtype)
+        x = self.layers[0].check_input(X, self.dtype)  # an ndarray, or a SparseBatch for sparse input
         n = x.shape[0]
         if n == 0:
             raise InputError("the batch is empty: expected at least one row, got 0.")
@@ -252,12 +309,12 @@ class Sequential:
         return opt
 
     # -- passes ----------------------------------------------------------------------------
-    def _forward(self, x, tiles, trace=None):
+    def _forward(self, x, tiles, trace=None, training=False):
         self.pager.set_plan(self._plan(tiles))
         s_list, z_list = [], []
         inp = x
         for layer in self.layers:
-            s = layer.forward(self._access(layer, tiles), inp)
+            s = layer.forward(self._access(layer, tiles, training=training), inp)
             z = layer.activation.forward(s)
             s_list.append(s)
             z_list.append(z)
@@ -314,34 +371,77 @@ class Sequential:
         opt = self._check_opt(opt)
         x, y = self._check_batch(X, y, loss)
         tiles = self._tiles(opt)
+        self._check_sparse_batch_fits(x, opt)
         suffixes = self._ensure_state(opt)
-        s_list, z_list = self._forward(x, tiles, trace)
-        value, delta = self._loss_and_delta(s_list, z_list, y, loss)
-        self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+        self._configure_row_caches(opt)
+        try:
+            s_list, z_list = self._forward(x, tiles, trace, training=True)
+            value, delta = self._loss_and_delta(s_list, z_list, y, loss)
+            self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+        finally:
+            self._release_held(x)
         self.step += 1
         return value
+
+    def _inference_caches(self) -> None:
+        # Keep whatever caches training set up; make plain ones only if there are none yet.
+        if self._row_cache_sig is None:
+            self._configure_row_caches(None)
+
+    def _check_sparse_batch_fits(self, x, opt: Optimizer | None) -> None:
+        """Refuse, before anything changes, a sparse batch whose touched rows cannot be held under the budget."""
+        if not isinstance(x, SparseBatch) or self.budget is None or self.store.zero_copy:
+            return
+        key = f"{self.layers[0].name}/W"
+        info = self._param_infos[key]
+        states = self._state_infos(opt)[key]
+        need = len(x.rows) * self._group_row_nbytes(info, states)
+        room, _ = self._budget_split()
+        if need > room:
+            raise BudgetError(
+                f"this batch touches {len(x.rows)} rows of {key!r}, which with their gradient and optimizer "
+                f"state need {format_bytes(need)} during the step, more than the {format_bytes(room)} of the "
+                f"budget left for them; use smaller batches or a budget >= {2 * need} bytes."
+            )
+
+    def _release_held(self, x) -> None:
+        """Give back rows a sparse first layer kept for a backward pass that did not run."""
+        if isinstance(x, SparseBatch) and x.held is not None:
+            x.held = None
+            self.pager.release(f"{self.layers[0].name}/W", x.rows)
 
     def gradients(self, X, y, loss) -> dict[str, np.ndarray]:
         """The batch gradient of every parameter, without updating (whole arrays: small models, tests)."""
         loss = self._check_loss(loss)
         x, y = self._check_batch(X, y, loss)
         tiles = self._tiles(None)
-        s_list, z_list = self._forward(x, tiles)
-        _, delta = self._loss_and_delta(s_list, z_list, y, loss)
+        self._check_sparse_batch_fits(x, None)
+        self._inference_caches()
         record = {k: np.zeros(i.shape, dtype=self.dtype) for k, i in self._param_infos.items()}
-        self._backward(x, s_list, z_list, delta, tiles, record=record)
+        try:
+            s_list, z_list = self._forward(x, tiles, training=True)
+            _, delta = self._loss_and_delta(s_list, z_list, y, loss)
+            self._backward(x, s_list, z_list, delta, tiles, record=record)
+        finally:
+            self._release_held(x)
         return record
 
     def predict(self, X) -> np.ndarray:
         """The network's output z_out for a batch (forward only)."""
         x, _ = self._check_batch(X)
-        return self._forward(x, self._tiles(None))[1][-1]
+        tiles = self._tiles(None)
+        self._check_sparse_batch_fits(x, None)
+        self._inference_caches()
+        return self._forward(x, tiles)[1][-1]
 
     def evaluate(self, X, y, loss) -> float:
         """The loss on a batch, without updating anything."""
         loss = self._check_loss(loss)
         x, y = self._check_batch(X, y, loss)
-        s_list, z_list = self._forward(x, self._tiles(None))
+        tiles = self._tiles(None)
+        self._check_sparse_batch_fits(x, None)
+        self._inference_caches()
+        s_list, z_list = self._forward(x, tiles)
         return loss.value(z_list[-1], y)
 
     # -- parameters --------------------------------------------------------------------------

@@ -2,5 +2,6 @@
 
 from .base import Layer, ParamAccess, ParamSpec
 from .dense import Dense
+from .embedding import Embedding
 
-__all__ = ["Layer", "ParamSpec", "ParamAccess", "Dense"]
+__all__ = ["Layer", "ParamSpec", "ParamAccess", "Dense", "Embedding"]

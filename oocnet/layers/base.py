@@ -44,6 +44,8 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     init: Any = None
+    #: Accessed by sets of rows (:meth:`ParamAccess.gather`), never tiled or prefetched whole.
+    sparse: bool = False
 
 
 def _check_width(name: str, value) -> int:
@@ -126,6 +128,8 @@ class ParamAccess:
     optimizer: Optimizer | None = None
     state_suffixes: dict[str, list[str]] = field(default_factory=dict)
     record: dict[str, np.ndarray] | None = None  # gradient recording (tests, gradcheck)
+    #: True when a backward pass follows this forward pass (gathered rows are kept for it).
+    training: bool = False
 
     def key(self, name: str) -> str:
         """The store key of parameter ``name``."""
@@ -165,3 +169,38 @@ class ParamAccess:
                     self.optimizer.step(param, grad, state)
 
             yield param, grad, apply
+
+    # -- row sets (sparse layers) ------------------------------------------------------
+    def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (sorted, unique) of ``name``; give them back with :meth:`release` or :meth:`update_rows`."""
+        return self.pager.gather(self.key(name), rows)
+
+    def release(self, name: str, rows: np.ndarray) -> None:
+        """Give back gathered rows unchanged."""
+        self.pager.release(self.key(name), rows)
+
+    def update_rows(self, name: str, rows: np.ndarray, param: np.ndarray, grad: np.ndarray) -> None:
+        """Apply the update to gathered rows ``param`` (and the same rows of the optimizer state), write them back.
+
+        Only these rows -- of the parameter and of its state -- are read or written:
+        a step costs what the batch touches.
+        """
+        key = self.key(name)
+        if self.record is not None:
+            self.record[key][rows] += grad
+            self.pager.release(key, rows)
+            return
+        suffixes = self.state_suffixes.get(name, [])
+        state: dict[str, np.ndarray] = {}
+        try:
+            for s in suffixes:
+                state[s] = self.pager.gather(f"{key}:{s}", rows)
+            self.optimizer.step(param, grad, state)
+        except BaseException:
+            for s in state:
+                self.pager.release(f"{key}:{s}", rows)
+            self.pager.release(key, rows)
+            raise
+        self.pager.scatter(key, rows, param)
+        for s, values in state.items():
+            self.pager.scatter(f"{key}:{s}", rows, values)

@@ -17,8 +17,10 @@ dirty if it changed it.  The pager
 * counts bytes read and written, hits, misses, evictions and seconds spent
   waiting for IO (:class:`PagerStats`).
 
-Row-set blocks (an embedding's touched rows) are not cached: each checkout
-reads them and a dirty checkin writes them straight back.
+Row sets (an embedding's touched rows) go through a per-parameter
+:class:`~oocnet.paging.rowcache.RowCache` when the model enables one: the hot
+rows stay in RAM and only misses are read; without one, each gather reads the
+rows and each scatter writes them straight back.
 
 With a ``zero_copy`` store (the in-RAM default) the pager hands out live views
 and moves nothing; the budget does not apply since the parameters are in RAM.
@@ -36,8 +38,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import BudgetError, ConfigError, OocnetError
-from .store.base import Store
+from ..errors import BudgetError, ConfigError, OocnetError
+from ..store.base import Store
+from .rowcache import RowCache
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -91,8 +94,10 @@ class PagerStats:
     bytes_read, bytes_written : int
         Bytes moved from and to the store.
     hits, misses : int
-        Checkouts served from RAM, and checkouts that had to read (prefetched
-        blocks that arrive in time count as hits).
+        Row-range checkouts served from RAM, and those that had to read
+        (prefetched blocks that arrive in time count as hits).
+    row_hits, row_misses : int
+        Rows of sparse gathers served from a row cache, and rows read from the store.
     prefetched : int
         Blocks read by the background thread.
     evictions : int
@@ -107,6 +112,8 @@ class PagerStats:
     bytes_written: int = 0
     hits: int = 0
     misses: int = 0
+    row_hits: int = 0
+    row_misses: int = 0
     prefetched: int = 0
     evictions: int = 0
     io_wait_seconds: float = 0.0
@@ -154,6 +161,7 @@ class Pager:
         self._lock = threading.RLock()
         self._cache: collections.OrderedDict[BlockId, _Entry] = collections.OrderedDict()
         self._free: dict[tuple, list[np.ndarray]] = {}
+        self._row_caches: dict[str, RowCache] = {}
         self._free_bytes = 0
         self._resident = 0  # entries (loaded, loading or checked out) + free buffers
         self._plan: list[BlockId] = []
@@ -443,26 +451,78 @@ class Pager:
                 self._free_bytes += buf.nbytes
 
     # -- row sets ------------------------------------------------------------------------
-    def gather(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """Read the rows ``rows`` (sorted, unique) of ``key`` into a new array counted against the budget.
+    def enable_row_cache(self, key: str, capacity: int) -> None:
+        """Keep up to ``capacity`` recently used rows of ``key`` in RAM (see :mod:`.rowcache`).
 
-        Call :meth:`scatter` (or :meth:`release`) with the same rows afterwards.
+        The cache's bytes count against the budget from now on.  A cache already
+        there is flushed and replaced.  No-op for a zero-copy (in-RAM) store.
+        """
+        if self.store.zero_copy:
+            return
+        with self._lock:
+            self.disable_row_cache(key)
+            cache = RowCache(self.store, key, capacity)
+            if not self._room(cache.nbytes):
+                raise BudgetError(
+                    f"a row cache of {cache.capacity} rows of {key!r} needs {format_bytes(cache.nbytes)}, more "
+                    f"than the budget of {format_bytes(self.budget)} leaves free."
+                )
+            self._grow(cache.nbytes)
+            self._row_caches[key] = cache
+
+    def disable_row_cache(self, key: str) -> None:
+        """Flush and drop the row cache of ``key`` (if any), returning its bytes to the budget."""
+        with self._lock:
+            cache = self._row_caches.pop(key, None)
+            if cache is not None:
+                self._sync_cache_stats(cache, lambda: cache.flush())
+                self._resident -= cache.nbytes
+
+    def _sync_cache_stats(self, cache: RowCache, action):
+        """Run ``action`` on ``cache`` and add the IO it did to the counters. Lock held."""
+        r, w, h, m = cache.bytes_read, cache.bytes_written, cache.hits, cache.misses
+        t0 = time.perf_counter()
+        out = action()
+        if cache.bytes_read != r or cache.bytes_written != w:
+            self.stats.io_wait_seconds += time.perf_counter() - t0
+        self.stats.bytes_read += cache.bytes_read - r
+        self.stats.bytes_written += cache.bytes_written - w
+        self.stats.row_hits += cache.hits - h
+        self.stats.row_misses += cache.misses - m
+        return out
+
+    def gather(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (sorted, unique) of ``key`` in a new array counted against the budget.
+
+        Served from the key's row cache when it has one (reading only the misses),
+        else read from the store.  Call :meth:`scatter` (or :meth:`release`) with the
+        same rows afterwards.
         """
         self._check_open()
         info = self.store.info(key)
         nbytes = len(rows) * info.row_nbytes
         with self._lock:
-            # Cached row ranges may hold newer values than the store: write them back first.
-            for e in self._cache.values():
-                if e.key == key and e.dirty and e.array is not None:
-                    self._write_back(e)
-            if not self.store.zero_copy and not self._room(nbytes):
-                raise BudgetError(
-                    f"{len(rows)} rows of {key!r} need {format_bytes(nbytes)}, more than the budget of "
-                    f"{format_bytes(self.budget)} leaves free; raise the budget or use smaller batches."
-                )
             if not self.store.zero_copy:
+                if not self._room(nbytes):
+                    raise BudgetError(
+                        f"{len(rows)} rows of {key!r} need {format_bytes(nbytes)}, more than the budget of "
+                        f"{format_bytes(self.budget)} leaves free; raise the budget or use smaller batches."
+                    )
                 self._grow(nbytes)
+            try:
+                cache = self._row_caches.get(key)
+                if cache is not None and not cache.fits(len(rows)):
+                    cache.clear()  # a batch larger than the cache goes straight to the store
+                    cache = None
+                if cache is not None:
+                    return self._sync_cache_stats(cache, lambda: cache.gather(rows))
+                # Cached row ranges may hold newer values than the store: write them back first.
+                for e in self._cache.values():
+                    if e.key == key and e.dirty and e.array is not None:
+                        self._write_back(e)
+            except BaseException:
+                self._resident -= 0 if self.store.zero_copy else nbytes
+                raise
         t0 = time.perf_counter()
         try:
             out = self.store.read_index(key, rows)
@@ -473,21 +533,24 @@ class Pager:
             if not self.store.zero_copy:
                 self.stats.io_wait_seconds += time.perf_counter() - t0
                 self.stats.bytes_read += nbytes
-                self.stats.misses += 1
-            else:
-                self.stats.hits += 1
+                self.stats.row_misses += len(rows)
         return out
 
     def scatter(self, key: str, rows: np.ndarray, values: np.ndarray) -> None:
-        """Write gathered rows back to the store and release their budget."""
+        """Write gathered rows back (to the row cache, or the store) and release their budget."""
         try:
+            with self._lock:
+                cache = self._row_caches.get(key)
+                if cache is not None and cache.fits(len(rows)):
+                    cache.scatter(rows, values)
+                    return
             t0 = time.perf_counter()
             self.store.write_index(key, rows, values)
             with self._lock:
                 if not self.store.zero_copy:
                     self.stats.io_wait_seconds += time.perf_counter() - t0
                     self.stats.bytes_written += values.nbytes
-                # Cached ranges of this key are now stale.
+                # Cached row ranges of this key are now stale.
                 for bid, e in list(self._cache.items()):
                     if e.key == key and e.pins == 0 and e.future is None:
                         e.dirty = False
@@ -513,11 +576,16 @@ class Pager:
                     self._await(e)
                 if e.dirty and e.array is not None:
                     self._write_back(e)
+            for cache in self._row_caches.values():
+                self._sync_cache_stats(cache, cache.flush)
         self.store.flush()
 
     def invalidate(self, key: str | None = None) -> None:
         """Write back and drop cached blocks (of ``key``, or all), e.g. after writing the store directly."""
         with self._lock:
+            for k, cache in self._row_caches.items():
+                if key is None or k == key:
+                    self._sync_cache_stats(cache, cache.clear)
             for e in list(self._cache.values()):
                 if key is not None and e.key != key:
                     continue

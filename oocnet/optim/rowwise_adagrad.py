@@ -1,0 +1,60 @@
+"""Row-wise Adagrad: one accumulator per row, as large-embedding trainers use."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Optimizer
+
+
+class RowwiseAdagrad(Optimizer):
+    """Adagrad with one accumulator per row (the mean of the row's squared gradient).
+
+    For each row r a step updates::
+
+        G_r += mean(g_r**2)
+        W_r -= lr * g_r / (sqrt(G_r) + eps)
+
+    The state, ``"<key>:rowwise_adagrad"``, has one value per row instead of one
+    per element -- 1/d of elementwise Adagrad's size for a V x d table.  A row
+    with zero gradient is unchanged, so sparse (touched rows only) and dense
+    training agree exactly.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (> 0).
+    eps : float
+        Added to the denominator (>= 0).
+    initial_accumulator : float
+        Starting value of G (>= 0).
+    """
+
+    name = "rowwise_adagrad"
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0) -> None:
+        self.lr = self._positive("lr", lr)
+        self.eps = self._positive("eps", eps, allow_zero=True)
+        self.initial_accumulator = self._positive("initial_accumulator", initial_accumulator, allow_zero=True)
+        if self.eps == 0 and self.initial_accumulator == 0:
+            raise ConfigError("eps and initial_accumulator cannot both be 0 (division by zero on the first step).")
+
+    def state_specs(self, shape, dtype):
+        return [("rowwise_adagrad", (tuple(shape)[0],), np.dtype(dtype))]
+
+    def state_init(self, suffix: str) -> float:
+        return self.initial_accumulator
+
+    def _update(self, param, grad, state):
+        acc = state["rowwise_adagrad"]
+        axes = tuple(range(1, grad.ndim))
+        acc += np.mean(grad * grad, axis=axes) if axes else grad * grad
+        denom = np.sqrt(acc)
+        denom += self.eps
+        grad *= self.lr
+        grad /= denom.reshape(denom.shape + (1,) * (grad.ndim - 1))
+        param -= grad
+
+    def __repr__(self) -> str:
+        return f"RowwiseAdagrad(lr={self.lr}, eps={self.eps}, initial_accumulator={self.initial_accumulator})"

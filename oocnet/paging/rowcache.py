@@ -1,0 +1,154 @@
+"""The hot rows of a large table, kept in RAM between steps.
+
+A sparse step touches a few thousand rows of a table of millions, and word
+frequencies are Zipfian: most of a batch's ids are the same few thousand
+frequent words every step.  Reading them from the store every step (one
+``pread`` or HDF5 selection per row) would cost more than the arithmetic, so
+the pager keeps each sparse parameter's recently used rows in a
+:class:`RowCache` of fixed capacity:
+
+* a lookup maps the batch's ids to cache slots (:class:`~oocnet.paging.idtable.IdTable`);
+* misses are read from the store in one ``read_index`` call (sorted, so
+  backends read contiguous runs) into free slots;
+* when the cache is full, CLOCK (second-chance) picks victims: a slot used
+  since the hand last passed gets another lap; dirty victims are written back
+  in one ``write_index`` call before their slots are reused;
+* :meth:`flush` writes every dirty row back (commit, close, state_dict).
+
+Everything is sized by the capacity, never by the vocabulary, and the arrays
+are allocated once, so a step allocates nothing table-sized.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..store.base import Store
+from .idtable import IdTable
+
+
+class RowCache:
+    """Up to ``capacity`` rows of ``key``, with write-back.
+
+    Parameters
+    ----------
+    store : Store
+        Where the rows live.
+    key : str
+        The parameter.
+    capacity : int
+        Rows held at most.
+    """
+
+    def __init__(self, store: Store, key: str, capacity: int) -> None:
+        info = store.info(key)
+        self.store, self.key = store, key
+        self.capacity = int(max(1, min(capacity, info.n_rows)))
+        # np.empty: pages become resident only as slots are first used.
+        self.data = np.empty((self.capacity, *info.row_shape), dtype=info.dtype)
+        self.row_of_slot = np.full(self.capacity, -1, dtype=np.int64)
+        self.dirty = np.zeros(self.capacity, dtype=bool)
+        self.ref = np.zeros(self.capacity, dtype=bool)
+        self.table = IdTable(self.capacity)
+        self.hand = 0
+        self.used = 0  # slots [0, used) have held a row
+        self.bytes_read = self.bytes_written = self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache may hold at full occupancy (its budget)."""
+        return (self.data.nbytes + self.row_of_slot.nbytes + self.dirty.nbytes + self.ref.nbytes
+                + self.table.nbytes)
+
+    def fits(self, n_rows: int) -> bool:
+        """Whether a batch touching ``n_rows`` distinct rows can be served from the cache."""
+        return n_rows <= self.capacity
+
+    # -- slots ---------------------------------------------------------------------------
+    def _victims(self, k: int, protect: np.ndarray) -> np.ndarray:
+        """``k`` slots to reuse: never-used ones first, then CLOCK; dirty victims are written back."""
+        fresh = np.arange(self.used, min(self.capacity, self.used + k))
+        self.used += fresh.size
+        need = k - fresh.size
+        if need == 0:
+            return fresh
+        guard = np.zeros(self.capacity, dtype=bool)
+        guard[protect] = True
+        chosen: list[np.ndarray] = []
+        # At most two laps: the first clears reference bits, the second finds them clear.
+        window = max(need * 2, 1024)
+        scanned = 0
+        while need > 0:
+            idx = (self.hand + np.arange(min(window, self.capacity))) % self.capacity
+            ok = ~self.ref[idx] & ~guard[idx]
+            take = np.flatnonzero(ok)[:need]
+            if take.size:
+                picked = idx[take]
+                chosen.append(picked)
+                guard[picked] = True
+                need -= take.size
+                last = take[-1] + 1 if need == 0 else idx.size
+            else:
+                last = idx.size
+            self.ref[idx[:last]] = False  # second chance used up for what the hand passed
+            self.hand = int((self.hand + last) % self.capacity)
+            scanned += last
+            if scanned > 3 * self.capacity:  # pragma: no cover - protect covers < capacity
+                raise RuntimeError("row cache could not find free slots")
+        victims = np.concatenate(chosen)
+        self._write_back(victims)
+        self.table.delete(self.row_of_slot[victims])
+        self.row_of_slot[victims] = -1
+        return np.concatenate([fresh, victims])
+
+    def _write_back(self, slots: np.ndarray) -> None:
+        slots = slots[self.dirty[slots]]
+        if slots.size:
+            rows = self.row_of_slot[slots]
+            order = np.argsort(rows)
+            self.store.write_index(self.key, rows[order], self.data[slots[order]])
+            self.dirty[slots] = False
+            self.bytes_written += slots.size * self.data[0].nbytes
+
+    def slots(self, rows: np.ndarray, load: bool = True) -> np.ndarray:
+        """Slots holding ``rows`` (sorted, unique, at most ``capacity``), reading misses if ``load``."""
+        slots = self.table.lookup(rows)
+        miss = slots < 0
+        n_miss = int(np.count_nonzero(miss))
+        self.hits += rows.size - n_miss
+        if n_miss:
+            self.misses += n_miss
+            new = self._victims(n_miss, slots[~miss])
+            missing = rows[miss]
+            if load:
+                self.data[new] = self.store.read_index(self.key, missing)
+                self.bytes_read += n_miss * self.data[0].nbytes
+            self.table.insert(missing, new)
+            self.row_of_slot[new] = missing
+            slots[miss] = new
+        self.ref[slots] = True
+        return slots
+
+    # -- the pager's calls -------------------------------------------------------------------
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """A copy of ``rows`` (sorted, unique)."""
+        return np.take(self.data, self.slots(rows), axis=0)
+
+    def scatter(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Overwrite ``rows`` in the cache (written to the store on eviction or flush)."""
+        slots = self.slots(rows, load=False)
+        self.data[slots] = values
+        self.dirty[slots] = True
+
+    def flush(self) -> None:
+        """Write every dirty row back to the store."""
+        self._write_back(np.flatnonzero(self.dirty[: self.used]))
+
+    def clear(self) -> None:
+        """Flush, then forget every row (after the store was written directly)."""
+        self.flush()
+        self.table.clear()
+        self.row_of_slot.fill(-1)
+        self.ref.fill(False)
+        self.used = 0
+        self.hand = 0

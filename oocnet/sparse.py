@@ -1,0 +1,145 @@
+"""Sparse batches for an embedding layer: ids or CSR in, touched rows and a remapped CSR out.
+
+A batch over a vocabulary of V words is a B x V CSR matrix (one-hot, multi-hot
+bags, weighted counts such as tf-idf).  :func:`as_csr` also accepts integer ids:
+a 1-D array (one id per example), a 2-D integer array (k ids per example) or a
+list of id lists (ragged bags); each id counts 1.
+
+:func:`prepare` canonicalises the CSR (duplicate ids in a row are summed,
+indices sorted -- on a copy, the caller's matrix is not changed) and finds the
+sorted unique rows the batch touches.  The column indices are then remapped
+onto those rows with the inverse of ``np.unique``, giving a B x n_touched CSR:
+nothing V-sized is ever allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+
+
+def _ids_to_csr(ids_per_row: list[np.ndarray], n_cols: int, dtype) -> sp.csr_matrix:
+    lengths = np.fromiter((len(r) for r in ids_per_row), dtype=np.int64, count=len(ids_per_row))
+    indptr = np.zeros(len(ids_per_row) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = np.concatenate(ids_per_row) if ids_per_row else np.zeros(0, np.int64)
+    return _checked_csr(np.ones(indices.size, dtype=dtype), indices, indptr, len(ids_per_row), n_cols)
+
+
+def _check_ids(arr: np.ndarray, n_cols: int, what: str) -> np.ndarray:
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{what} must be integer ids in [0, {n_cols}), got dtype {arr.dtype}.")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_cols):
+        raise InputError(f"{what} must lie in [0, {n_cols}), got ids in [{arr.min()}, {arr.max()}].")
+    return arr
+
+
+def _checked_csr(data, indices, indptr, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    indices = _check_ids(np.asarray(indices), n_cols, "ids")
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
+
+
+def as_csr(X, n_cols: int, dtype=np.float32) -> sp.csr_matrix:
+    """Convert a batch to a canonical ``(rows, n_cols)`` CSR matrix of ``dtype``.
+
+    Parameters
+    ----------
+    X : scipy.sparse matrix/array, ndarray or list of lists
+        A sparse matrix of width ``n_cols``; a float ndarray of width ``n_cols``
+        (dense features); an integer ndarray of ids, 1-D (one per row) or 2-D (k per
+        row); or a list of id lists.
+    n_cols : int
+        The vocabulary size V.
+    dtype : numpy dtype
+        Type of the values.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        With sorted indices and duplicates summed; never the caller's object.
+    """
+    dtype = np.dtype(dtype)
+    if sp.issparse(X):
+        if X.ndim != 2 or X.shape[1] != n_cols:
+            raise InputError(f"a sparse batch must have {n_cols} columns (the vocabulary size), got shape {X.shape}.")
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise InputError(f"a sparse batch must hold numbers, got dtype {X.dtype}.")
+        csr = sp.csr_matrix(X, dtype=dtype, copy=True)
+        if csr.nnz and (csr.indices.min() < 0 or csr.indices.max() >= n_cols):
+            raise InputError(f"ids must lie in [0, {n_cols}), got ids in [{csr.indices.min()}, {csr.indices.max()}].")
+    elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):
+        rows = []
+        for i, r in enumerate(X):
+            arr = np.asarray(r)
+            if arr.ndim != 1:
+                raise InputError(f"row {i} of an id-list batch must be a flat list of ids, got shape {arr.shape}.")
+            rows.append(_check_ids(arr, n_cols, f"ids in row {i}"))
+        csr = _ids_to_csr(rows, n_cols, dtype)
+    else:
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.") from exc
+        if arr.dtype == object:
+            raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
+        if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
+            arr = _check_ids(arr, n_cols, "ids")
+            ids = arr[:, None] if arr.ndim == 1 else arr
+            n, k = ids.shape
+            csr = _checked_csr(np.ones(n * k, dtype=dtype), ids.reshape(-1), np.arange(0, n * k + 1, k), n, n_cols)
+        elif np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
+            if arr.shape[1] != n_cols:
+                raise InputError(f"a dense batch must have {n_cols} columns, got shape {arr.shape}.")
+            csr = sp.csr_matrix(arr.astype(dtype, copy=False))
+        else:
+            raise InputError(
+                f"a batch must be a sparse matrix, integer ids (1-D or 2-D), a float array of width {n_cols}, "
+                f"or a list of id lists; got an array of dtype {arr.dtype} and shape {arr.shape}."
+            )
+    if csr.nnz and not np.all(np.isfinite(csr.data)):
+        raise InputError("the batch's values contain NaN or inf.")
+    csr.sum_duplicates()  # also sorts indices
+    return csr
+
+
+@dataclass
+class SparseBatch:
+    """A batch ready for an embedding layer.
+
+    Attributes
+    ----------
+    rows : ndarray of int64
+        Sorted unique ids the batch touches.
+    local : scipy.sparse.csr_matrix
+        The batch with columns remapped onto ``rows``: shape (B, len(rows)).
+    n_cols : int
+        The vocabulary size V.
+    held : ndarray or None
+        The touched rows of the table, kept between forward and backward.
+    """
+
+    rows: np.ndarray
+    local: sp.csr_matrix
+    n_cols: int
+    held: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, V), as the batch would be densely."""
+        return (self.local.shape[0], self.n_cols)
+
+
+def prepare(X, n_cols: int, dtype=np.float32) -> SparseBatch:
+    """Validate and canonicalise ``X`` (see :func:`as_csr`) and remap it onto the rows it touches."""
+    csr = as_csr(X, n_cols, dtype)
+    rows, inverse = np.unique(csr.indices, return_inverse=True)
+    local = sp.csr_matrix((csr.data, inverse.astype(np.int64).reshape(-1), csr.indptr), shape=(csr.shape[0], rows.size))
+    return SparseBatch(rows.astype(np.int64), local, n_cols)
+
+
+__all__ = ["as_csr", "prepare", "SparseBatch"]

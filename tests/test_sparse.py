@@ -1,0 +1,273 @@
+"""Sparse input: CSR / id batches, the Embedding layer's row-only updates, and sparse-aware optimizers."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import oocnet as oc
+from oocnet.errors import ConfigError, InputError, StoreError
+from oocnet.sparse import as_csr, prepare
+from oocnet.testing import numerical_gradient, relative_error
+
+from test_outofcore import make_store
+from test_paging import CopyingStore
+
+V, D, K = 120, 5, 3
+
+
+def random_bags(rng, n=6, max_len=5, weighted=True):
+    """A B x V CSR of multi-hot bags with repeated ids, unsorted indices and empty rows."""
+    rows = []
+    for i in range(n):
+        length = 0 if i == 2 else rng.integers(1, max_len + 1)
+        rows.append(rng.integers(0, V, size=length))
+    rows[0] = np.array([7, 3, 7, 7])  # repeats within a row
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    data = rng.uniform(0.5, 2.0, size=indptr[-1]) if weighted else np.ones(indptr[-1])
+    X = sp.csr_matrix((data, np.concatenate(rows), indptr), shape=(n, V))
+    X.has_canonical_format = False
+    return X
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+def test_id_forms_become_the_same_csr():
+    dense = np.zeros((3, 10))
+    dense[0, 4] = dense[1, 2] = dense[2, 4] = 1
+    for X in (np.array([4, 2, 4]), np.array([[4], [2], [4]]), [[4], [2], [4]], sp.csr_matrix(dense), dense):
+        np.testing.assert_array_equal(as_csr(X, 10).toarray(), dense)
+
+
+def test_repeated_and_unsorted_ids_are_canonicalised_not_refused():
+    X = sp.csr_matrix((np.array([1.0, 2.0, 3.0, 4.0]), np.array([5, 2, 5, 1]), np.array([0, 3, 4])), shape=(2, 10))
+    before = (X.data.copy(), X.indices.copy())
+    csr = as_csr(X, 10)
+    assert csr.has_canonical_format
+    np.testing.assert_array_equal(csr.toarray(), X.toarray())
+    np.testing.assert_array_equal(csr[0].indices, [2, 5])
+    np.testing.assert_array_equal(X.data, before[0])  # the caller's matrix is not touched
+    np.testing.assert_array_equal(X.indices, before[1])
+
+
+def test_prepare_remaps_onto_touched_rows_only():
+    b = prepare([[9, 3, 9], [], [1000]], 5000)
+    np.testing.assert_array_equal(b.rows, [3, 9, 1000])
+    assert b.local.shape == (3, 3)
+    np.testing.assert_array_equal(b.local.toarray(), [[1, 2, 0], [0, 0, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.array([1, 120]), r"\[0, 120\), got ids in \[1, 120\]"),
+        (np.array([-1, 3]), r"\[0, 120\)"),
+        ([[1, 2], [120]], r"row 1 must lie in \[0, 120\)"),
+        (np.array([1.5, 2.0]), "float array of width 120"),
+        ([[1.5]], "integer ids"),
+        (sp.csr_matrix(np.ones((2, 119))), "must have 120 columns"),
+        (sp.csr_matrix(np.array([[np.nan] + [0.0] * 119])), "NaN or inf"),
+        (sp.csr_matrix(np.array([[np.inf] + [0.0] * 119])), "NaN or inf"),
+        (np.ones((2, 119)), "must have 120 columns"),
+        ("words", "dtype <U5"),
+    ],
+)
+def test_bad_sparse_batches_are_refused_before_anything_is_written(X, match, tmp_path):
+    model = oc.Sequential([oc.Embedding(V, D), oc.Dense(D, K)], store=CopyingStore(), dtype="float64")
+    before = model.state_dict()
+    with pytest.raises(InputError, match=match):
+        model.train_step(X, np.zeros(2, int), oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    model.close()
+
+
+def test_embedding_must_be_first():
+    with pytest.raises(ConfigError, match="must be the first layer"):
+        oc.Sequential([oc.Dense(3, V), oc.Embedding(V, D)])
+
+
+# -- equivalence with one-hot input through Dense -------------------------------------------------
+
+def twin_models(store_a=None, store_b=None, activation="tanh"):
+    sparse = oc.Sequential([oc.Embedding(V, D, activation=activation), oc.Dense(D, K)], store=store_a,
+                           seed=1, dtype="float64")
+    dense = oc.Sequential([oc.Dense(V, D, activation=activation, bias=False), oc.Dense(D, K)], store=store_b,
+                          seed=2, dtype="float64")
+    sd = sparse.state_dict()
+    dense.load_state_dict({"dense_0/W": sd["embedding_0/W"], "dense_1/W": sd["dense_1/W"],
+                           "dense_1/b": sd["dense_1/b"]})
+    return sparse, dense
+
+
+@pytest.mark.parametrize("backend", ["memory", "copying", "memmap", "hdf5"])
+@pytest.mark.parametrize("opt", [lambda: oc.SGD(0.1), lambda: oc.SGD(0.05, momentum=0.9), lambda: oc.Adagrad(0.1),
+                                 lambda: oc.RowwiseAdagrad(0.1), lambda: oc.Adam(0.01)],
+                         ids=["sgd", "momentum", "adagrad", "rowwise_adagrad", "adam"])
+def test_embedding_trains_like_dense_one_hot(backend, opt, tmp_path):
+    store = None if backend == "memory" else make_store(backend, tmp_path)
+    sparse, dense = twin_models(store)
+    o_sparse, o_dense = opt(), opt()
+    rng = np.random.default_rng(0)
+    touched = set()
+    for _ in range(15):
+        X = random_bags(rng)
+        y = rng.integers(0, K, size=X.shape[0])
+        touched |= set(X.indices.tolist())
+        ls = sparse.train_step(X, y, oc.SoftmaxCrossEntropy(), o_sparse)
+        ld = dense.train_step(X.toarray(), y, oc.SoftmaxCrossEntropy(), o_dense)
+        lazy = isinstance(o_sparse, oc.SGD) and o_sparse.momentum or isinstance(o_sparse, oc.Adam)
+        if not lazy:
+            assert ls == pytest.approx(ld, rel=1e-10)
+    a, b = sparse.state_dict(), dense.state_dict()
+    if lazy:
+        # Lazy rules leave rows a batch skipped alone, where the dense rule still moves them
+        # (momentum, Adam's moments), so the two differ by design; what must hold is that rows
+        # never touched are unchanged in the sparse model.  Adam's own formula is tested below.
+        untouched = sorted(set(range(V)) - touched)
+        assert untouched
+        init = twin_models()[0].state_dict()["embedding_0/W"]
+        np.testing.assert_array_equal(a["embedding_0/W"][untouched], init[untouched])
+        return
+    np.testing.assert_allclose(a["embedding_0/W"], b["dense_0/W"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a["dense_1/W"], b["dense_1/W"], rtol=1e-10, atol=1e-12)
+
+
+def lazy_adam_reference(W, steps, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Lazy Adam written from its formula over the whole table; rows with no id in a batch are skipped."""
+    m, v, t = np.zeros_like(W), np.zeros_like(W), np.zeros(W.shape[0], int)
+    for rows, g in steps:
+        t[rows] += 1
+        m[rows] = b1 * m[rows] + (1 - b1) * g
+        v[rows] = b2 * v[rows] + (1 - b2) * g * g
+        mh = m[rows] / (1 - b1 ** t[rows])[:, None]
+        vh = v[rows] / (1 - b2 ** t[rows])[:, None]
+        W[rows] -= lr * mh / (np.sqrt(vh) + eps)
+    return W, m, v, t
+
+
+@pytest.mark.parametrize("backend", ["memory", "memmap"])
+def test_lazy_adam_matches_its_formula(backend, tmp_path):
+    store = None if backend == "memory" else make_store(backend, tmp_path)
+    model = oc.Sequential([oc.Embedding(V, D)], store=store, seed=3, dtype="float64")
+    W = model.state_dict()["embedding_0/W"].copy()
+    rng = np.random.default_rng(1)
+    opt, loss = oc.Adam(lr=0.01), oc.HalfSquaredError()
+    steps = []
+    for _ in range(4):
+        X = random_bags(rng)
+        y = rng.normal(size=(X.shape[0], D))
+        g = model.gradients(X, y, loss)["embedding_0/W"]
+        rows = np.unique(X.indices)
+        steps.append((rows, g[rows]))
+        model.train_step(X, y, loss, opt)
+    W, m, v, t = lazy_adam_reference(W, steps, 0.01)
+    sd = model.state_dict(include_state=True)
+    np.testing.assert_allclose(sd["embedding_0/W"], W, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(sd["embedding_0/W:adam_m"], m, rtol=1e-10, atol=1e-13)
+    np.testing.assert_array_equal(sd["embedding_0/W:adam_t"], t)
+    assert t.min() == 0 < t.max()  # some rows never touched, some touched several times
+
+
+def test_rowwise_adagrad_against_formula():
+    model = oc.Sequential([oc.Embedding(V, D)], seed=3, dtype="float64")
+    W = model.state_dict()["embedding_0/W"].copy()
+    G = np.zeros(V)
+    rng = np.random.default_rng(2)
+    loss, opt = oc.HalfSquaredError(), oc.RowwiseAdagrad(lr=0.1, eps=1e-6)
+    for _ in range(5):
+        X = random_bags(rng)
+        y = rng.normal(size=(X.shape[0], D))
+        g = model.gradients(X, y, loss)["embedding_0/W"]
+        model.train_step(X, y, loss, opt)
+        rows = np.unique(X.indices)
+        G[rows] += np.mean(g[rows] ** 2, axis=1)
+        W[rows] -= 0.1 * g[rows] / (np.sqrt(G[rows]) + 1e-6)[:, None]
+    sd = model.state_dict(include_state=True)
+    np.testing.assert_allclose(sd["embedding_0/W"], W, rtol=1e-12)
+    np.testing.assert_allclose(sd["embedding_0/W:rowwise_adagrad"], G, rtol=1e-12)
+    assert sd["embedding_0/W:rowwise_adagrad"].shape == (V,)
+
+
+def test_embedding_gradient_by_central_differences():
+    model = oc.Sequential([oc.Embedding(V, D, activation="tanh"), oc.Dense(D, K)], seed=4, dtype="float64")
+    rng = np.random.default_rng(3)
+    X, y = random_bags(rng), rng.integers(0, K, size=6)
+    loss = oc.SoftmaxMarginHinge(margin=0.5)
+    analytic = model.gradients(X, y, loss)
+    params = model.state_dict()
+    for key in params:
+        def f(v, key=key):
+            model.load_state_dict({**params, key: v})
+            return model.evaluate(X, y, loss)
+
+        num = numerical_gradient(f, params[key].copy())
+        assert relative_error(analytic[key], num) < 1e-6, key
+    model.load_state_dict(params)
+    untouched = sorted(set(range(V)) - set(X.indices.tolist()))
+    assert np.all(analytic["embedding_0/W"][untouched] == 0)
+
+
+def test_empty_rows_and_all_empty_batches():
+    model = oc.Sequential([oc.Embedding(V, D), oc.Dense(D, K)], seed=0, dtype="float64")
+    before = model.state_dict()["embedding_0/W"]
+    out = model.predict([[], [], []])
+    np.testing.assert_allclose(out, np.tile(model.state_dict()["dense_1/b"], (3, 1)))
+    model.train_step([[], [1]], [0, 1], oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
+    after = model.state_dict()["embedding_0/W"]
+    changed = np.flatnonzero(np.any(after != before, axis=1))
+    np.testing.assert_array_equal(changed, [1])
+
+
+# -- a step costs what the batch touches -----------------------------------------------------------
+
+class RowLimitedStore(CopyingStore):
+    """Refuses to read or write more than ``limit`` rows of any parameter at once."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def _guard(self, n, key):
+        if n > self.limit:
+            raise StoreError(f"refused: {n} rows of {key} at once")
+
+    def _read_rows(self, key, start, stop, out):
+        self._guard(stop - start, key)
+        super()._read_rows(key, start, stop, out)
+
+    def _read_index(self, key, rows, out):
+        self._guard(len(rows), key)
+        super()._read_index(key, rows, out)
+
+    def _write_rows(self, key, start, value):
+        self._guard(len(value), key)
+        super()._write_rows(key, start, value)
+
+
+@pytest.mark.parametrize("opt", [oc.SGD(0.1), oc.Adagrad(0.1), oc.RowwiseAdagrad(0.1), oc.Adam(0.01)],
+                         ids=["sgd", "adagrad", "rowwise", "adam"])
+def test_no_vocabulary_sized_work_in_a_step(opt):
+    n_words, dim = 1_000_000, 4
+    store = RowLimitedStore(limit=1000)
+    store._create = store._create  # parameters are created in chunks below the guard
+    model = oc.Sequential([oc.Embedding(n_words, dim, init="zeros"), oc.Dense(dim, 2)], store=store,
+                          budget="4MiB", seed=0, dtype="float32")
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(0, n_words, size=20).tolist() for _ in range(32)] for _ in range(3)]
+    model.train_step(batches[0], np.zeros(32, int), oc.SoftmaxCrossEntropy(), opt)  # creates the state
+    tracemalloc.start()
+    try:
+        for X in batches[1:]:
+            model.train_step(X, np.ones(32, int), oc.SoftmaxCrossEntropy(), opt)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One float32 value per word would be 4 MB; a step allocates a small fraction of that.
+    assert peak < n_words * 4 / 4, peak
+    W = store._arrays["embedding_0/W"]
+    touched = np.unique(np.concatenate([np.concatenate(b) for b in batches]))
+    assert np.count_nonzero(np.any(W != 0, axis=1)) <= touched.size
