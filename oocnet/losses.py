@@ -80,6 +80,20 @@ class Loss:
             d = d / z.shape[0]
         return d
 
+    def value_and_delta(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Both at once; losses that share work between them (a softmax) override :meth:`_value_and_delta`."""
+        v, d = self._value_and_delta(z, y)
+        v = float(v)
+        d = np.asarray(d, dtype=z.dtype)
+        if d.shape != z.shape:
+            raise ConfigError(f"loss {self.name!r} delta must have shape {z.shape}, got {d.shape}.")
+        if self.reduction == "mean" and z.shape[0]:
+            return v / z.shape[0], d / z.shape[0]
+        return v, d
+
+    def _value_and_delta(self, z: np.ndarray, y: np.ndarray):
+        return self._value(z, y), self._delta(z, y)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
@@ -144,6 +158,17 @@ class SoftmaxCrossEntropy(Loss):
         d = softmax(z)
         d[np.arange(z.shape[0]), y] -= 1.0
         return d
+
+    def _value_and_delta(self, z, y):
+        # One exponentiation serves both: log-sum-exp for the value, softmax for the delta.
+        rows = np.arange(z.shape[0])
+        m = z.max(axis=1, keepdims=True)
+        e = np.exp(z - m)
+        total = e.sum(axis=1, keepdims=True)
+        value = float(np.sum(np.log(total[:, 0]) + m[:, 0] - z[rows, y]))
+        e /= total
+        e[rows, y] -= 1.0
+        return value, e
 
 
 class SoftmaxMarginHinge(Loss):

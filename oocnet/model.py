@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import ACTIVATIONS
 from .errors import BudgetError, ConfigError, InputError, NumericalError, ShapeError
 from .init import row_initializer
 from .layers.base import Layer, ParamAccess
@@ -339,14 +340,15 @@ class Sequential:
 
     def _loss_and_delta(self, s_list, z_list, y, loss: Loss):
         out = self.layers[-1]
-        value = loss.value(z_list[-1], y)
+        value, dz = loss.value_and_delta(z_list[-1], y)
         if not np.isfinite(value):
             raise NumericalError(
                 f"the loss is {value} before this step's update; parameters were not changed. "
                 f"Lower the learning rate or check the inputs' scale."
             )
-        delta = loss.delta(z_list[-1], y) * out.activation.grad(s_list[-1], z_list[-1])
-        return value, delta
+        if out.activation is ACTIVATIONS["identity"]:  # f' = 1: skip a batch-sized multiply
+            return value, dz
+        return value, dz * out.activation.grad(s_list[-1], z_list[-1])
 
     def train_step(self, X, y, loss, opt, trace: dict | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch loss (before the update).

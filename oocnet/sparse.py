@@ -22,14 +22,6 @@ import scipy.sparse as sp
 from .errors import InputError
 
 
-def _ids_to_csr(ids_per_row: list[np.ndarray], n_cols: int, dtype) -> sp.csr_matrix:
-    lengths = np.fromiter((len(r) for r in ids_per_row), dtype=np.int64, count=len(ids_per_row))
-    indptr = np.zeros(len(ids_per_row) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    indices = np.concatenate(ids_per_row) if ids_per_row else np.zeros(0, np.int64)
-    return _checked_csr(np.ones(indices.size, dtype=dtype), indices, indptr, len(ids_per_row), n_cols)
-
-
 def _check_ids(arr: np.ndarray, n_cols: int, what: str) -> np.ndarray:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{what} must be integer ids in [0, {n_cols}), got dtype {arr.dtype}.")
@@ -39,9 +31,57 @@ def _check_ids(arr: np.ndarray, n_cols: int, what: str) -> np.ndarray:
     return arr
 
 
-def _checked_csr(data, indices, indptr, n_rows: int, n_cols: int) -> sp.csr_matrix:
-    indices = _check_ids(np.asarray(indices), n_cols, "ids")
-    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
+def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Validated ``(data, indices, indptr, n_rows)`` of a batch, in CSR layout (not canonicalised)."""
+    dtype = np.dtype(dtype)
+    if sp.issparse(X):
+        if X.ndim != 2 or X.shape[1] != n_cols:
+            raise InputError(f"a sparse batch must have {n_cols} columns (the vocabulary size), got shape {X.shape}.")
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise InputError(f"a sparse batch must hold numbers, got dtype {X.dtype}.")
+        csr = X if X.format == "csr" else sp.csr_matrix(X)
+        indices = _check_ids(np.asarray(csr.indices), n_cols, "ids")
+        data, indptr, n = np.asarray(csr.data, dtype=dtype), np.asarray(csr.indptr, dtype=np.int64), X.shape[0]
+    elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):
+        rows = []
+        for i, r in enumerate(X):
+            arr = np.asarray(r)
+            if arr.ndim != 1:
+                raise InputError(f"row {i} of an id-list batch must be a flat list of ids, got shape {arr.shape}.")
+            rows.append(_check_ids(arr, n_cols, f"ids in row {i}"))
+        n = len(rows)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        data = np.ones(indices.size, dtype=dtype)
+    else:
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.") from exc
+        if arr.dtype == object:
+            raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
+        if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
+            ids = _check_ids(arr, n_cols, "ids")
+            ids = ids[:, None] if ids.ndim == 1 else ids
+            n, k = ids.shape
+            indices, indptr = ids.reshape(-1), np.arange(0, n * k + 1, max(k, 1) if n * k else 1, dtype=np.int64)
+            if k == 0:
+                indptr = np.zeros(n + 1, dtype=np.int64)
+            data = np.ones(indices.size, dtype=dtype)
+        elif np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
+            if arr.shape[1] != n_cols:
+                raise InputError(f"a dense batch must have {n_cols} columns, got shape {arr.shape}.")
+            csr = sp.csr_matrix(arr.astype(dtype, copy=False))
+            data, indices, indptr, n = csr.data, csr.indices.astype(np.int64), csr.indptr.astype(np.int64), arr.shape[0]
+        else:
+            raise InputError(
+                f"a batch must be a sparse matrix, integer ids (1-D or 2-D), a float array of width {n_cols}, "
+                f"or a list of id lists; got an array of dtype {arr.dtype} and shape {arr.shape}."
+            )
+    if data.size and not np.all(np.isfinite(data)):
+        raise InputError("the batch's values contain NaN or inf.")
+    return data, indices, indptr, n
 
 
 def as_csr(X, n_cols: int, dtype=np.float32) -> sp.csr_matrix:
@@ -63,46 +103,8 @@ def as_csr(X, n_cols: int, dtype=np.float32) -> sp.csr_matrix:
     scipy.sparse.csr_matrix
         With sorted indices and duplicates summed; never the caller's object.
     """
-    dtype = np.dtype(dtype)
-    if sp.issparse(X):
-        if X.ndim != 2 or X.shape[1] != n_cols:
-            raise InputError(f"a sparse batch must have {n_cols} columns (the vocabulary size), got shape {X.shape}.")
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise InputError(f"a sparse batch must hold numbers, got dtype {X.dtype}.")
-        csr = sp.csr_matrix(X, dtype=dtype, copy=True)
-        if csr.nnz and (csr.indices.min() < 0 or csr.indices.max() >= n_cols):
-            raise InputError(f"ids must lie in [0, {n_cols}), got ids in [{csr.indices.min()}, {csr.indices.max()}].")
-    elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):
-        rows = []
-        for i, r in enumerate(X):
-            arr = np.asarray(r)
-            if arr.ndim != 1:
-                raise InputError(f"row {i} of an id-list batch must be a flat list of ids, got shape {arr.shape}.")
-            rows.append(_check_ids(arr, n_cols, f"ids in row {i}"))
-        csr = _ids_to_csr(rows, n_cols, dtype)
-    else:
-        try:
-            arr = np.asarray(X)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.") from exc
-        if arr.dtype == object:
-            raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
-        if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
-            arr = _check_ids(arr, n_cols, "ids")
-            ids = arr[:, None] if arr.ndim == 1 else arr
-            n, k = ids.shape
-            csr = _checked_csr(np.ones(n * k, dtype=dtype), ids.reshape(-1), np.arange(0, n * k + 1, k), n, n_cols)
-        elif np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
-            if arr.shape[1] != n_cols:
-                raise InputError(f"a dense batch must have {n_cols} columns, got shape {arr.shape}.")
-            csr = sp.csr_matrix(arr.astype(dtype, copy=False))
-        else:
-            raise InputError(
-                f"a batch must be a sparse matrix, integer ids (1-D or 2-D), a float array of width {n_cols}, "
-                f"or a list of id lists; got an array of dtype {arr.dtype} and shape {arr.shape}."
-            )
-    if csr.nnz and not np.all(np.isfinite(csr.data)):
-        raise InputError("the batch's values contain NaN or inf.")
+    data, indices, indptr, n = _raw(X, n_cols, dtype)
+    csr = sp.csr_matrix((data.copy(), indices.copy(), indptr.copy()), shape=(n, n_cols))
     csr.sum_duplicates()  # also sorts indices
     return csr
 
@@ -134,12 +136,31 @@ class SparseBatch:
         return (self.local.shape[0], self.n_cols)
 
 
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)`` for 1-D int64 ids, about twice as fast (one argsort)."""
+    if ids.size == 0:
+        return ids.astype(np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(ids)
+    ordered = ids[order]
+    first = np.empty(ordered.size, dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(ordered.size, dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ordered[first], inverse
+
+
 def prepare(X, n_cols: int, dtype=np.float32) -> SparseBatch:
-    """Validate and canonicalise ``X`` (see :func:`as_csr`) and remap it onto the rows it touches."""
-    csr = as_csr(X, n_cols, dtype)
-    rows, inverse = np.unique(csr.indices, return_inverse=True)
-    local = sp.csr_matrix((csr.data, inverse.astype(np.int64).reshape(-1), csr.indptr), shape=(csr.shape[0], rows.size))
-    return SparseBatch(rows.astype(np.int64), local, n_cols)
+    """Validate ``X`` (see :func:`as_csr`) and remap it onto the rows it touches.
+
+    Duplicate or unsorted ids within a row need no canonicalising here: the
+    products below sum duplicate entries, which is what repeated ids mean.
+    The caller's matrix is never modified.
+    """
+    data, indices, indptr, n = _raw(X, n_cols, dtype)
+    rows, inverse = unique_inverse(indices)
+    local = sp.csr_matrix((data, inverse, indptr), shape=(n, rows.size))
+    return SparseBatch(rows.astype(np.int64, copy=False), local, n_cols)
 
 
-__all__ = ["as_csr", "prepare", "SparseBatch"]
+__all__ = ["as_csr", "prepare", "unique_inverse", "SparseBatch"]
