@@ -248,30 +248,32 @@ def test_memmap_delete_removes_files(tmp_path):
     assert sorted(os.listdir(folder)) == ["b.00000.npy", "manifest.json"]
 
 
-def test_memmap_zero_init_is_allocated_but_cheap(tmp_path):
-    # Blocks are reserved at creation (posix_fallocate) so that a full disk fails there,
-    # not as a SIGBUS when rows are later written through a mapping; zeros are still
-    # unwritten extents, so creating them writes no data.
+def test_memmap_zero_init_is_sparse(tmp_path):
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as f:
+        f.truncate(2**24)
+    if probe.stat().st_blocks * 512 >= 2**23:
+        pytest.skip("this file system does not make sparse files")
     folder = tmp_path / "p"
     with MemmapStore(folder) as s:
         s.create("big", (2**18, 64), "float32")  # 64 MiB of zeros
         np.testing.assert_array_equal(s.read_rows("big", 2**18 - 3, 2**18), 0)
         files = s.shard_files("big")
-    assert sum(p.stat().st_blocks * 512 for p in files) >= 2**26
+    assert sum(p.stat().st_blocks * 512 for p in files) < 2**20
 
 
-def test_memmap_scattered_writes_through_the_map_are_durable_and_visible(tmp_path):
+def test_memmap_many_scattered_writes_are_durable_and_visible(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "p"
     ref = rng.normal(size=(5000, 16)).astype(np.float32)
     with MemmapStore(folder, shard_bytes=64 * 1024) as s:
         s.create("t", ref.shape, "float32", init=ref)
-        for _ in range(40):  # enough to pass the map-drop threshold several times
+        for _ in range(40):
             rows = np.unique(rng.integers(0, 5000, size=600))
             vals = rng.normal(size=(rows.size, 16)).astype(np.float32)
             s.write_index("t", rows, vals)
             ref[rows] = vals
-            np.testing.assert_array_equal(s.read_index("t", rows), vals)  # preadv sees mapped writes
+            np.testing.assert_array_equal(s.read_index("t", rows), vals)
     with MemmapStore(folder) as s:
         np.testing.assert_array_equal(s.read("t"), ref)
         assert s.verify() == []
@@ -286,21 +288,10 @@ def test_memmap_failed_create_leaves_no_files(tmp_path):
     assert os.listdir(folder) == ["manifest.json"]
 
 
-def _resident_mapped_kib(folder) -> int:
-    """KiB of this process's RSS in mappings of files under ``folder`` (/proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
-            inside = str(folder) in line
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
-
-
-def test_memmap_reads_and_flushed_writes_leave_no_file_pages_resident(tmp_path):
-    maps = Path("/proc/self/smaps")
+def test_memmap_reads_leave_no_file_mapped(tmp_path):
+    maps = Path("/proc/self/maps")
     if not maps.exists():
-        pytest.skip("needs /proc/self/smaps")
+        pytest.skip("needs /proc/self/maps")
     folder = tmp_path / "p"
     w = reference((3000, 16), "float32", 11)
     with MemmapStore(folder, shard_bytes=SHARD_BYTES) as s:
@@ -310,12 +301,10 @@ def test_memmap_reads_and_flushed_writes_leave_no_file_pages_resident(tmp_path):
         rows = np.arange(0, 3000, 3)
         np.testing.assert_array_equal(s.read_index("w", rows), w[rows])
         s.write_index("w", rows, w[rows] * 2)
-        assert _resident_mapped_kib(folder) > 0  # scattered writes went through a mapping
         s.flush()
         assert s.verify() == []
-        # Reads never map; pages written through the mapping are dropped at flush (they stay
-        # in the page cache, not in this process's RSS).
-        assert _resident_mapped_kib(folder) == 0
+        mapped = [line for line in maps.read_text().splitlines() if str(folder) in line]
+        assert mapped == []
 
 
 def test_memmap_verify_detects_a_flipped_byte(tmp_path):

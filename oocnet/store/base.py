@@ -34,7 +34,9 @@ from __future__ import annotations
 import abc
 import math
 import operator
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
@@ -103,6 +105,21 @@ def chunk_rows(info: ParamInfo, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tupl
     step = max(1, chunk_bytes // max(1, info.row_nbytes))
     for start in range(0, info.n_rows, step):
         yield start, min(info.n_rows, start + step)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is a positive integer (not a bool), else raise ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_path(path: object) -> Path:
+    """Return ``path`` as a :class:`pathlib.Path`, else raise ConfigError."""
+    try:
+        return Path(os.fspath(path))  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(f"path must be a str or os.PathLike, got {type(path).__name__}.") from exc
 
 
 def validate_key(key: object) -> str:

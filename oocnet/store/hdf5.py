@@ -74,14 +74,22 @@ import os
 import posixpath
 import threading
 import zlib
-from pathlib import Path
 
 import h5py
 import numpy as np
 from h5py import h5s
 
 from ..errors import ConfigError, OocnetError, StoreError, StoreFormatError, StoreIOError
-from .base import ParamInfo, RowInitializer, Store, chunk_rows, validate_dtype, validate_key
+from .base import (
+    ParamInfo,
+    RowInitializer,
+    Store,
+    check_path,
+    check_positive_int,
+    chunk_rows,
+    validate_dtype,
+    validate_key,
+)
 
 FORMAT_NAME = "oocnet-hdf5"
 FORMAT_VERSION = 1
@@ -215,12 +223,8 @@ class HDF5Store(Store):
     def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         super().__init__(read_only=read_only)
         self._closed = True  # until the file is validated; close() is then a no-op
-        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)) or chunk_bytes < 1:
-            raise ConfigError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}.")
-        try:
-            self.path = Path(os.fspath(path))
-        except TypeError as exc:
-            raise ConfigError(f"path must be a str or os.PathLike, got {type(path).__name__}.") from exc
+        check_positive_int("chunk_bytes", chunk_bytes)
+        self.path = check_path(path)
         self.chunk_bytes = int(chunk_bytes)
         self._file: h5py.File | None = None
         self._paths: dict[str, str] = {}  # key -> HDF5 path of its dataset

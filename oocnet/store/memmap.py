@@ -4,9 +4,7 @@ Each parameter is cut along its rows into shards of about ``shard_bytes``; each
 shard is a standard ``.npy`` file, so a user can open any shard with
 ``np.load(path, mmap_mode="r")`` without oocnet.  The store itself never keeps
 a memory map: it moves rows with ``os.preadv`` / ``os.pwrite`` into and out of
-buffers the caller owns (see "Why pread, not mmap" below), except that
-scattered row writes go through a shared mapping (see "Why scattered writes
-use a mapping").
+buffers the caller owns (see "Why pread, not mmap" below).
 
 On-disk format, version 1
 =========================
@@ -107,20 +105,6 @@ keeps every resident byte accounted for; the kernel page cache is not RSS.  It
 is also faster for cold rows: many reads in flight let the disk work in
 parallel (about 90k rows/s with 32 concurrent preads against about 20k rows/s
 for page faults, which come one at a time per thread).
-Why scattered writes use a mapping
-----------------------------------
-On ext4 here a small ``pwrite`` costs 15-25 us even when its page is cached
-(each call updates the file's timestamps through the filesystem journal),
-which made writing back an embedding batch's evicted rows cost more than the
-whole training step.  ``write_index`` of 8 or more rows therefore assigns the
-rows through a shared writable mapping of the shard (0.5-1 us a row; the
-same page cache, so reads by ``preadv`` see them at once and ``fsync`` makes
-them durable).  To keep the budget honest, after about 16 MiB of pages have
-been written that way the mapped pages are dropped from the process with
-``MADV_DONTNEED`` (they stay in the page cache): the file-backed RSS this
-adds is bounded by that constant.  Shards are ``posix_fallocate``-d when
-created so that a full disk is an error at creation, not a ``SIGBUS`` on a
-mapped write.
 """
 
 from __future__ import annotations
@@ -131,7 +115,6 @@ import hashlib
 import io
 import json
 import math
-import mmap
 import os
 import stat
 import sys
@@ -144,7 +127,16 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ConfigError, StoreError, StoreFormatError, StoreIOError
-from .base import ParamInfo, RowInitializer, Store, chunk_rows, validate_dtype, validate_key
+from .base import (
+    ParamInfo,
+    RowInitializer,
+    Store,
+    check_path,
+    check_positive_int,
+    chunk_rows,
+    validate_dtype,
+    validate_key,
+)
 
 try:  # advisory lock for "one writer at a time"; absent on Windows
     import fcntl
@@ -185,11 +177,6 @@ _SPAN_BYTES = 256 * 2**10
 _CRC_CHUNK_BYTES = 4 * 2**20
 # Longest file-name stem before it is shortened (NAME_MAX is 255 bytes).
 _MAX_STEM = 200
-# Scattered row writes go through a shared mapping (see "Why scattered writes use a
-# mapping"); after about this many bytes of pages written that way, the mapped pages
-# are dropped from the process (MADV_DONTNEED) so they stop counting in its RSS.
-_MAP_DROP_BYTES = 16 * 2**20
-_PAGE = mmap.PAGESIZE
 
 
 @dataclass(eq=False)  # identity hashing: shards go into the "written" set
@@ -290,19 +277,13 @@ class MemmapStore(Store):
     def __init__(self, path, *, read_only: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
         super().__init__(read_only=read_only)
         self._closed = True  # until the folder is validated; close() is then a no-op
-        if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, (int, np.integer)) or shard_bytes < 1:
-            raise ConfigError(f"shard_bytes must be a positive integer, got {shard_bytes!r}.")
-        try:
-            self.path = Path(os.fspath(path))
-        except TypeError as exc:
-            raise ConfigError(f"path must be a str or os.PathLike, got {type(path).__name__}.") from exc
+        check_positive_int("shard_bytes", shard_bytes)
+        self.path = check_path(path)
         if sys.byteorder != "little":  # pragma: no cover - no big-endian CI
             raise StoreError("the memmap store stores little-endian rows and supports little-endian hosts only.")
         self.shard_bytes = int(shard_bytes)
         self._params: dict[str, _Param] = {}
         self._fds: dict[str, int] = {}  # shard file name -> open fd (lazily)
-        self._maps: dict[str, tuple[mmap.mmap, np.ndarray]] = {}  # shard file -> writable map, rows view
-        self._mapped_bytes = 0  # page bytes written through maps since they were last dropped
         self._written: set[_Shard] = set()  # shards written since the last flush
         self._lock = threading.Lock()  # guards lazy fd opening and pool creation
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -551,7 +532,6 @@ class MemmapStore(Store):
         return fd
 
     def _close_fd(self, name: str) -> None:
-        self._unmap(name)
         fd = self._fds.pop(name, None)
         if fd is not None:
             os.close(fd)
@@ -790,48 +770,7 @@ class MemmapStore(Store):
 
     def _write_index(self, key, rows, value):
         p = self._params[key]
-        if rows.size < 8 or not hasattr(mmap, "MADV_DONTNEED"):
-            self._run_writes(self._index_ops(p, rows, merge=False), value)
-            return
-        shard_of = np.searchsorted(p.stops, rows, side="right")
-        cuts = np.flatnonzero(np.diff(shard_of)) + 1
-        for lo, hi in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [rows.size])).tolist()):
-            shard = p.shards[int(shard_of[lo])]
-            view = self._map_rows(shard, p.info)
-            view[rows[lo:hi] - shard.start] = value[lo:hi]
-            self._written.add(shard)
-        self._mapped_bytes += rows.size * max(p.info.row_nbytes, _PAGE)
-        if self._mapped_bytes > _MAP_DROP_BYTES:
-            self._drop_mapped_pages()
-
-    def _map_rows(self, shard: _Shard, info: ParamInfo) -> np.ndarray:
-        """A writable view of a shard's rows through a shared mapping (made once, kept until close)."""
-        entry = self._maps.get(shard.file)
-        if entry is None:
-            fd = self._fd(shard)
-            n = shard.stop - shard.start
-            try:
-                mm = mmap.mmap(fd, shard.offset + n * info.row_nbytes, flags=mmap.MAP_SHARED,
-                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError as exc:
-                raise _io_error(exc, "mapping", self.path / shard.file) from exc
-            view = np.frombuffer(mm, dtype=_file_dtype(info.dtype), count=n * math.prod(info.row_shape),
-                                 offset=shard.offset).reshape((n, *info.row_shape))
-            entry = self._maps[shard.file] = (mm, view)
-        return entry[1]
-
-    def _drop_mapped_pages(self) -> None:
-        """Unmap the pages written through maps from this process; they stay in the page cache."""
-        for mm, _ in self._maps.values():
-            mm.madvise(mmap.MADV_DONTNEED)
-        self._mapped_bytes = 0
-
-    def _unmap(self, name: str) -> None:
-        entry = self._maps.pop(name, None)
-        if entry is not None:
-            mm, view = entry
-            del view, entry  # the array must go before the map can close
-            mm.close()
+        self._run_writes(self._index_ops(p, rows, merge=False), value)
 
     def _create(self, info: ParamInfo, init: RowInitializer | None) -> None:
         per_shard = max(1, self.shard_bytes // info.row_nbytes)
@@ -851,11 +790,8 @@ class MemmapStore(Store):
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                     self._fds[shard.file] = fd
                     self._pwrite(shard, fd, memoryview(header), 0)
+                    # Zeros cost nothing: the data region is a hole until written.
                     os.ftruncate(fd, len(header) + (b - a) * info.row_nbytes)
-                    # Allocate the blocks now (zeros stay cheap: unwritten extents), so that a full
-                    # disk is an error here, never a SIGBUS when rows are later written through a map.
-                    if hasattr(os, "posix_fallocate"):
-                        os.posix_fallocate(fd, len(header), (b - a) * info.row_nbytes)
                 except OSError as exc:
                     if isinstance(exc, StoreIOError):
                         raise
@@ -905,8 +841,6 @@ class MemmapStore(Store):
                 pass  # an unreferenced file is harmless; the manifest no longer names it
 
     def _flush(self) -> None:
-        if self._maps:
-            self._drop_mapped_pages()
         if not self._written:
             return
         written = list(self._written)
