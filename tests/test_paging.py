@@ -75,7 +75,7 @@ def test_lru_eviction_writes_dirty_blocks_back_before_dropping():
     store, pager = make(2 * 320)  # room for two 10x4 float64 blocks
     with pager.rows("a", 0, 10, write=True) as a:
         a += 1000
-    with pager.rows("b", 0, 10) as b:
+    with pager.rows("b", 0, 10):
         pass
     assert store.writes == []  # both still cached; nothing written yet
     with pager.rows("c", 0, 10):

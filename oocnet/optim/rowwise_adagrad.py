@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
-from .base import Optimizer
+from .adagrad import Adagrad
 
 
-class RowwiseAdagrad(Optimizer):
+class RowwiseAdagrad(Adagrad):
     """Adagrad with one accumulator per row (the mean of the row's squared gradient).
 
     For each row r a step updates::
@@ -33,18 +32,8 @@ class RowwiseAdagrad(Optimizer):
 
     name = "rowwise_adagrad"
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0) -> None:
-        self.lr = self._positive("lr", lr)
-        self.eps = self._positive("eps", eps, allow_zero=True)
-        self.initial_accumulator = self._positive("initial_accumulator", initial_accumulator, allow_zero=True)
-        if self.eps == 0 and self.initial_accumulator == 0:
-            raise ConfigError("eps and initial_accumulator cannot both be 0 (division by zero on the first step).")
-
     def state_specs(self, shape, dtype):
         return [("rowwise_adagrad", (tuple(shape)[0],), np.dtype(dtype))]
-
-    def state_init(self, suffix: str) -> float:
-        return self.initial_accumulator
 
     def _update(self, param, grad, state):
         acc = state["rowwise_adagrad"]
