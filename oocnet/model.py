@@ -153,14 +153,25 @@ class Sequential:
     def _sparse_keys(self) -> list[str]:
         return [f"{l.name}/{s.name}" for l in self.layers for s in l.params() if s.sparse]
 
-    def _budget_split(self) -> tuple[int | None, int | None]:
-        """(bytes for dense tiles, bytes for sparse row caches). Half each when the model has both kinds."""
+    def _budget_split(self, opt: Optimizer | None = None) -> tuple[int | None, int | None]:
+        """(bytes for dense tiles and a batch's gathered rows, bytes for sparse row caches).
+
+        Dense layers get what lets all their tiles stay resident with room to
+        prefetch (twice their parameters, gradients and state) plus 32 MiB for a
+        batch's gathered rows, but never more than half; the row caches get the rest.
+        """
         if self.budget is None:
             return None, None
-        if not self._sparse_keys():
+        sparse = set(self._sparse_keys())
+        if not sparse:
             return self.budget, 0
-        share = self.budget // 2
-        return self.budget - share, share
+        states = self._state_infos(opt)
+        dense = sum(
+            self._group_row_nbytes(info, states[key]) * info.n_rows
+            for key, info in self._param_infos.items() if key not in sparse
+        )
+        room = min(self.budget // 2, 2 * dense + 32 * 2**20)
+        return room, self.budget - room
 
     @staticmethod
     def _cache_row_nbytes(info: ParamInfo, states: list[ParamInfo]) -> int:
@@ -196,7 +207,7 @@ class Sequential:
             return self._tile_cache[sig]
         states = self._state_infos(opt)
         self._min_budget(states)
-        budget, _ = self._budget_split()
+        budget, _ = self._budget_split(opt)
         tiles: dict[str, list[tuple[int, int]]] = {}
         for key, info in self._param_infos.items():
             row = self._group_row_nbytes(info, states[key])
@@ -225,7 +236,7 @@ class Sequential:
             self._row_cache_sig = sig
             return
         states = self._state_infos(opt)
-        _, share = self._budget_split()
+        _, share = self._budget_split(opt)
         weights = {k: self._cache_row_nbytes(self._param_infos[k], states[k]) for k in sparse}
         for key in sparse:
             info = self._param_infos[key]
@@ -398,7 +409,7 @@ class Sequential:
         info = self._param_infos[key]
         states = self._state_infos(opt)[key]
         need = len(x.rows) * self._group_row_nbytes(info, states)
-        room, _ = self._budget_split()
+        room, _ = self._budget_split(opt)
         if need > room:
             raise BudgetError(
                 f"this batch touches {len(x.rows)} rows of {key!r}, which with their gradient and optimizer "
