@@ -1,0 +1,214 @@
+"""Sparse-input benchmark: bag-of-words classification over vocabularies of 10^4 .. 10^7 words.
+
+Model: Embedding(V, 128, tanh) -> Dense(128, 16), softmax cross-entropy, batch 256,
+20 ids per example drawn from Zipf(1.1) over V (id = frequency rank), plain SGD.
+The table lives in RAM, in memmap shards or in HDF5; beside it, the same model in
+PyTorch (EmbeddingBag(mode="sum", sparse=True) + SGD) when torch is installed --
+this script installs nothing.
+
+Each configuration runs in its own subprocess; peak RSS is sampled every 10 ms
+(total, anonymous and file-backed) over the timed steps, after warm-up steps.
+
+    python benchmarks/sparse.py                              # the full table (V up to 10^7)
+    python benchmarks/sparse.py --vocab 10000,1000000 --steps 100
+    python benchmarks/sparse.py --write-readme               # also update benchmarks/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MiB = 2**20
+DIM, CLASSES, BATCH, IDS = 128, 16, 256, 20
+
+
+def zipf_batches(V: int, n: int, seed: int = 0):
+    """``n`` batches of BATCH x IDS ids from Zipf(1.1) truncated to [0, V) (no V-sized arrays)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = np.empty(0, dtype=np.int64)
+        while ids.size < BATCH * IDS:
+            draw = rng.zipf(1.1, size=BATCH * IDS * 2)
+            ids = np.concatenate([ids, draw[draw <= V] - 1])
+        X = ids[: BATCH * IDS].reshape(BATCH, IDS)
+        # A planted signal: the class is the most frequent id's residue, so the model has something to learn.
+        y = X[:, 0] % CLASSES
+        out.append((X, y))
+    return out
+
+
+def run_oocnet(args, batches) -> dict:
+    import oocnet as oc
+
+    tmp = Path(tempfile.mkdtemp(prefix="oocnet-sparse-", dir=args.tmp))
+    try:
+        store = {"ram": None, "memmap": tmp / "params", "hdf5": tmp / "params.h5"}[args.backend]
+        t0 = time.perf_counter()
+        model = oc.Sequential([oc.Embedding(args.V, DIM, activation="tanh"), oc.Dense(DIM, CLASSES)],
+                              store=store, budget=args.budget, seed=0, dtype="float32")
+        build = time.perf_counter() - t0
+        loss, opt = oc.SoftmaxCrossEntropy(reduction="mean"), oc.SGD(lr=0.5)
+
+        def step(X, y):
+            return model.train_step(X, y, loss, opt)
+
+        result = timed(args, batches, step)
+        result["build_s"] = build
+        result["io"] = model.io_stats
+        model.close()
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_torch(args, batches) -> dict:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    emb = torch.nn.EmbeddingBag(args.V, DIM, mode="sum", sparse=True)
+    lin = torch.nn.Linear(DIM, CLASSES)
+    build = time.perf_counter() - t0
+    opt = torch.optim.SGD(list(emb.parameters()) + list(lin.parameters()), lr=0.5)
+    lossf = torch.nn.CrossEntropyLoss()
+    tb = [(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(y)) for X, y in batches]
+
+    def step(X, y):
+        opt.zero_grad(set_to_none=True)
+        out = lin(torch.tanh(emb(X)))
+        loss = lossf(out, y)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    result = timed(args, tb, step)
+    result["build_s"] = build
+    return result
+
+
+def timed(args, batches, step) -> dict:
+    from oocnet.profile import RssSampler, max_rss_self, memory_now
+
+    for X, y in batches[: args.warmup]:
+        step(X, y)
+    base = memory_now()
+    losses = []
+    with RssSampler() as sampler:
+        t0 = time.perf_counter()
+        for X, y in batches[args.warmup:]:
+            losses.append(step(X, y))
+        seconds = time.perf_counter() - t0
+    n = len(batches) - args.warmup
+    return {
+        "examples_per_s": n * BATCH / seconds,
+        "ms_per_step": seconds / n * 1e3,
+        "peak_rss_mib": sampler.peak["rss"] / MiB,
+        "peak_anon_mib": sampler.peak["anon"] / MiB,
+        "peak_file_mib": sampler.peak["file"] / MiB,
+        "rss_before_mib": base["rss"] / MiB,
+        "maxrss_mib": max_rss_self() / MiB,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+def one(args) -> None:
+    batches = zipf_batches(args.V, args.warmup + args.steps)
+    res = run_torch(args, batches) if args.backend == "torch" else run_oocnet(args, batches)
+    res.update(backend=args.backend, V=args.V)
+    print(json.dumps(res))
+
+
+def fmt_v(V: int) -> str:
+    exp = len(str(V)) - 1
+    return f"10^{exp}" if V == 10**exp else str(V)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vocab", default="10000,100000,1000000,10000000")
+    p.add_argument("--backends", default="ram,memmap,hdf5,torch")
+    p.add_argument("--budget", default="256MiB")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--tmp", default=None, help="folder for the stores (default: the system temp dir)")
+    p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--V", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        one(args)
+        return
+    try:
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    rows = []
+    for V in (int(v) for v in args.vocab.split(",")):
+        for backend in args.backends.split(","):
+            if backend == "torch" and not have_torch:
+                continue
+            cmd = [sys.executable, __file__, "--one", "--backend", backend, "--V", str(V), "--budget", args.budget,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if args.tmp:
+                cmd += ["--tmp", args.tmp]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"V={V} {backend}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(f"V={fmt_v(V):>5} {backend:7s} {r['examples_per_s']:9.0f} ex/s {r['ms_per_step']:7.2f} ms/step "
+                  f"peak RSS {r['peak_rss_mib']:6.0f} MiB (anon {r['peak_anon_mib']:.0f}, file {r['peak_file_mib']:.0f})"
+                  f" loss {r['first_loss']:.3f}->{r['last_loss']:.3f}", flush=True)
+    text = report(rows, args)
+    print()
+    print(text)
+    if args.write_readme:
+        readme = HERE / "README.md"
+        body = readme.read_text()
+        start, end = "<!-- sparse:start -->", "<!-- sparse:end -->"
+        block = f"{start}\n{text}\n{end}"
+        if start in body:
+            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
+        else:
+            body += f"\n## Sparse input (benchmarks/sparse.py)\n\n{block}\n"
+        readme.write_text(body)
+
+
+def report(rows: list[dict], args) -> str:
+    from paging import machine  # the benchmarks folder is on sys.path when run as a script
+
+    torch_by_v = {r["V"]: r for r in rows if r["backend"] == "torch"}
+    head = ("| V | store | examples/s | ms/step | peak RSS MiB (total / anon / file) | ×torch examples/s | "
+            "×torch peak RSS |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        t = torch_by_v.get(r["V"])
+        ratio = f"{r['examples_per_s'] / t['examples_per_s']:.2f}" if t and r["backend"] != "torch" else "–"
+        rss = f"{r['peak_rss_mib'] / t['peak_rss_mib']:.2f}" if t and r["backend"] != "torch" else "–"
+        lines.append(f"| {fmt_v(r['V'])} | {r['backend']} | {r['examples_per_s']:.0f} | {r['ms_per_step']:.2f} | "
+                     f"{r['peak_rss_mib']:.0f} / {r['peak_anon_mib']:.0f} / {r['peak_file_mib']:.0f} | {ratio} | {rss} |")
+    cmd = "python benchmarks/sparse.py " + " ".join(a for a in sys.argv[1:])
+    return (f"Embedding(V, {DIM}, tanh) → Dense({DIM}, {CLASSES}), batch {BATCH}, {IDS} Zipf(1.1) ids per example, "
+            f"SGD; oocnet budget {args.budget}; {args.steps} timed steps after {args.warmup} warm-up steps.\n"
+            f"Machine: {machine()}.\nCommand: `{cmd.strip()}`\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
