@@ -105,7 +105,7 @@ class RowCache:
         slots = slots[self.dirty[slots]]
         if slots.size:
             rows = self.row_of_slot[slots]
-            order = np.argsort(rows)
+            order = np.argsort(rows, kind="stable")
             self.store.write_index(self.key, rows[order], self.data[slots[order]])
             self.dirty[slots] = False
             self.bytes_written += slots.size * self.data[0].nbytes

@@ -392,13 +392,13 @@ class Store(abc.ABC):
         arr = self._check_value(info, value, ids.size, "write_index")
         if ids.size == 0:
             return
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
-            raise ConfigError(f"row ids written to {key!r} must be unique; combine duplicate rows first.")
-        if np.any(order != np.arange(order.size)):
+        if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):  # the pager's rows are already sorted
+            order = np.argsort(ids, kind="stable")
+            ids = ids[order]
+            if np.any(ids[1:] == ids[:-1]):
+                raise ConfigError(f"row ids written to {key!r} must be unique; combine duplicate rows first.")
             arr = arr[order]
-        self._write_index(key, sorted_ids, arr)
+        self._write_index(key, ids, arr)
 
     def delete(self, key: str) -> None:
         """Remove a parameter."""
