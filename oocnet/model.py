@@ -405,10 +405,11 @@ class Sequential:
         """Refuse, before anything changes, a sparse batch whose touched rows cannot be held under the budget."""
         if not isinstance(x, SparseBatch) or self.budget is None or self.store.zero_copy:
             return
-        key = f"{self.layers[0].name}/W"
-        info = self._param_infos[key]
-        states = self._state_infos(opt)[key]
-        need = len(x.rows) * self._group_row_nbytes(info, states)
+        first = self.layers[0]
+        keys = [f"{first.name}/{spec.name}" for spec in first.params() if spec.sparse]
+        all_states = self._state_infos(opt)
+        need = len(x.rows) * sum(self._group_row_nbytes(self._param_infos[k], all_states[k]) for k in keys)
+        key = keys[0] if len(keys) == 1 else str(keys)
         room, _ = self._budget_split(opt)
         if need > room:
             raise BudgetError(
@@ -419,9 +420,10 @@ class Sequential:
 
     def _release_held(self, x) -> None:
         """Give back rows a sparse first layer kept for a backward pass that did not run."""
-        if isinstance(x, SparseBatch) and x.held is not None:
-            x.held = None
-            self.pager.release(f"{self.layers[0].name}/W", x.rows)
+        if isinstance(x, SparseBatch):
+            for name in list(x.held):
+                del x.held[name]
+                self.pager.release(f"{self.layers[0].name}/{name}", x.rows)
 
     def gradients(self, X, y, loss) -> dict[str, np.ndarray]:
         """The batch gradient of every parameter, without updating (whole arrays: small models, tests)."""

@@ -14,7 +14,7 @@ nothing V-sized is ever allocated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -121,14 +121,15 @@ class SparseBatch:
         The batch with columns remapped onto ``rows``: shape (B, len(rows)).
     n_cols : int
         The vocabulary size V.
-    held : ndarray or None
-        The touched rows of the table, kept between forward and backward.
+    held : dict
+        Gathered rows kept between forward and backward, by parameter name
+        (``{"W": rows of W}``); the model gives back whatever is left after a step.
     """
 
     rows: np.ndarray
     local: sp.csr_matrix
     n_cols: int
-    held: np.ndarray | None = None
+    held: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -55,14 +55,15 @@ class Embedding(Layer):
         rows = access.gather("W", x.rows)
         s = np.asarray(x.local @ rows)
         if access.training:
-            x.held = rows
+            x.held["W"] = rows
         else:
             access.release("W", x.rows)
         return s
 
     def backward(self, access, x: SparseBatch, delta, need_dx):
-        rows = x.held if x.held is not None else access.gather("W", x.rows)
-        x.held = None
+        rows = x.held.pop("W", None)
+        if rows is None:
+            rows = access.gather("W", x.rows)
         grad = np.asarray(x.local.T @ delta)  # (touched rows) x d; repeated ids sum here
         access.update_rows("W", x.rows, rows, grad)
         return None
