@@ -42,7 +42,13 @@ class StoreFormatError(StoreError):
 
 
 class StoreIOError(StoreError, OSError):
-    """Reading or writing a store's files failed (disk full, permissions, ...)."""
+    """Reading or writing a store's files failed (disk full, permissions, ...).
+
+    ``errno`` and ``filename`` are set where an OS error caused it.
+    """
+
+    def __str__(self) -> str:  # OSError would print "[Errno N] None" once errno is set
+        return str(self.args[0]) if self.args else ""
 
 
 class ReadOnlyError(StoreError):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ACTIVATIONS
-from .errors import BudgetError, ConfigError, InputError, NumericalError, ShapeError
+from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ShapeError
 from .init import row_initializer
 from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
@@ -53,10 +53,12 @@ class Sequential:
         Type of parameters and computation.
     prefetch : bool
         Read the next tile in a background thread while this one computes.
+    commit_every : int, optional
+        Commit (see :meth:`commit`) after every this many training steps.
     """
 
     def __init__(self, layers: list[Layer], *, store=None, budget=None, seed: int = 0,
-                 dtype="float32", prefetch: bool = True) -> None:
+                 dtype="float32", prefetch: bool = True, commit_every: int | None = None) -> None:
         self.layers = self._check_layers(layers)
         self.dtype = validate_dtype(dtype)
         if self.dtype.name not in _MODEL_DTYPES:
@@ -65,6 +67,10 @@ class Sequential:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
         self.seed = int(seed)
         self.budget = parse_bytes(budget)
+        if commit_every is not None and (isinstance(commit_every, bool) or not isinstance(commit_every, (int, np.integer))
+                                         or commit_every < 1):
+            raise ConfigError(f"commit_every must be a positive integer or None, got {commit_every!r}.")
+        self.commit_every = commit_every
         self._param_infos: dict[str, ParamInfo] = {}
         for layer in self.layers:
             for spec in layer.params():
@@ -74,7 +80,11 @@ class Sequential:
         self._owns_store = not isinstance(store, Store)
         self.store = self._open_store(store)
         try:
-            self._attach_params()
+            created = self._attach_params()
+            # Training resumes at the store's last commit; a new store starts at step 0.
+            self.step = int(self.store.last_commit["step"])
+            if created and not self.store.read_only:
+                self.store.commit(step=self.step)  # the initial parameters are a commit of their own
             self.pager = Pager(self.store, self.budget, prefetch=prefetch)
         except BaseException:
             if self._owns_store:
@@ -82,7 +92,7 @@ class Sequential:
             raise
         self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
         self._row_cache_sig: tuple | None = None
-        self.step = 0
+        self._broken = False  # a step failed half-way: never commit on top of it
 
     # -- construction -----------------------------------------------------------------
     @staticmethod
@@ -121,7 +131,7 @@ class Sequential:
             return open_store(store)
         raise ConfigError(f"store must be None, a path or an oocnet Store, got {type(store).__name__}.")
 
-    def _attach_params(self) -> None:
+    def _attach_params(self) -> bool:
         # Check every existing parameter before creating any, so a mismatch changes nothing.
         for key, want in self._param_infos.items():
             if key in self.store:
@@ -132,10 +142,13 @@ class Sequential:
                         f"expects {want.shape} {want.dtype}."
                     )
         specs = {f"{l.name}/{s.name}": s for l in self.layers for s in l.params()}
+        created = False
         for key, info in self._param_infos.items():
             if key not in self.store:
                 init = row_initializer(specs[key].init, key, info.shape, info.dtype, self.seed)
                 self.store.create(key, info.shape, info.dtype, init)
+                created = True
+        return created
 
     # -- tiling under the budget ---------------------------------------------------------
     def _state_infos(self, opt: Optimizer | None) -> dict[str, list[ParamInfo]]:
@@ -390,10 +403,14 @@ class Sequential:
         try:
             s_list, z_list = self._forward(x, tiles, trace, training=True)
             value, delta = self._loss_and_delta(s_list, z_list, y, loss)
+            self._broken = True  # until the backward pass completes, the step is half-applied
             self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+            self._broken = False
         finally:
             self._release_held(x)
         self.step += 1
+        if self.commit_every is not None and self.step % self.commit_every == 0:
+            self.commit()
         return value
 
     def _inference_caches(self) -> None:
@@ -518,15 +535,48 @@ class Sequential:
         """The pager's counters (bytes read/written, hits, misses, IO wait seconds, ...)."""
         return self.pager.stats.as_dict()
 
-    def commit(self) -> None:
-        """Write every changed block back and flush the store."""
+    def commit(self, metadata: dict | None = None) -> dict:
+        """Make parameters and optimizer state durable at this step.
+
+        Every changed block is written back, then the store commits (see
+        :mod:`oocnet.store.durable`): after a crash at any later instant the store
+        reopens exactly here.  Costs what changed since the last commit.
+
+        Parameters
+        ----------
+        metadata : dict, optional
+            JSON-serialisable data recorded with the commit (``store.last_commit``).
+
+        Returns
+        -------
+        dict
+            The commit's ``generation``, ``step``, ``metadata`` and ``time``.
+        """
+        if self._broken or self.store.failed:
+            raise OocnetError(
+                "a training step or a write failed half-way, so parameters may be partly updated; "
+                "nothing was committed. "
+                f"Close the model and reopen the store: it rolls back to the last commit "
+                f"(step {self.store.last_commit['step']})."
+            )
         self.pager.flush()
+        return self.store.commit(step=self.step, metadata=metadata)
+
+    @property
+    def last_commit(self) -> dict:
+        """The store's last commit (``generation``, ``step``, ``metadata``, ``time``)."""
+        return self.store.last_commit
 
     def close(self) -> None:
         """Commit, stop the pager, and close the store if the model opened it."""
         try:
             if not self.store.closed:
-                self.pager.close()
+                if self._broken:
+                    self.store.mark_failed()  # the next open rolls back to the last commit
+                failed = self.store.failed
+                self.pager.close(flush=not failed)
+                if not self.store.read_only and self.store.has_uncommitted() and not failed:
+                    self.store.commit(step=self.step)
         finally:
             if self._owns_store:
                 self.store.close()

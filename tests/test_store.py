@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from oocnet.store import checksum
 import pytest
 
 from oocnet.errors import ConfigError, StoreError, StoreFormatError, StoreIOError
@@ -131,8 +132,11 @@ def make_memmap(folder, **refs) -> dict[str, np.ndarray]:
 def test_memmap_new_folder_has_an_empty_manifest(tmp_path):
     folder = tmp_path / "p"
     with MemmapStore(folder):
-        assert manifest_of(folder) == {"format": "oocnet-memmap", "version": 1, "params": {}}
-    assert sorted(os.listdir(folder)) == ["manifest.json"]
+        doc = manifest_of(folder)
+        assert {k: doc[k] for k in ("format", "version", "params")} == {
+            "format": "oocnet-memmap", "version": 1, "params": {}}
+        assert doc["commit"]["generation"] == 0
+    assert sorted(os.listdir(folder)) == ["lock", "manifest.json"]
 
 
 def test_memmap_manifest_fields_and_shard_layout(tmp_path):
@@ -147,10 +151,13 @@ def test_memmap_manifest_fields_and_shard_layout(tmp_path):
     bounds = [(s["start"], s["stop"]) for s in entry["shards"]]
     assert bounds == [(a, min(1000, a + per)) for a in range(0, 1000, per)]
     assert [s["file"] for s in entry["shards"]] == [f"dense_0%2FW.{i:05d}.npy" for i in range(len(bounds))]
-    for s in entry["shards"]:  # checksums recorded at close, over the data bytes only
-        data = np.ascontiguousarray(w[s["start"] : s["stop"]]).tobytes()
-        assert s["crc32"] == zlib.crc32(data)
-    assert not (folder / "manifest.json.tmp").exists()
+    # checksums are committed at close, one per shard, computed from the data rows only
+    sums = doc["commit"]["checksums"]["dense_0/W"]
+    assert len(sums) == len(entry["shards"])
+    for s, got in zip(entry["shards"], sums):
+        assert got == checksum.block_sum(w[s["start"] : s["stop"]], s["start"])
+    assert doc["commit"]["generation"] >= 1
+    assert not (folder / "manifest.json.tmp").exists() and not (folder / "journal").exists()
 
 
 def test_memmap_shards_are_npy_files_numpy_can_map(tmp_path):
@@ -213,7 +220,7 @@ def test_memmap_one_writer_at_a_time(tmp_path):
     folder = tmp_path / "p"
     make_memmap(folder, w=reference((5,), "float32", 5))
     with MemmapStore(folder) as first:
-        with pytest.raises(StoreError, match="already open for writing"):
+        with pytest.raises(StoreError, match=f"already open for writing by process {os.getpid()}"):
             MemmapStore(folder)
         with MemmapStore(folder, read_only=True) as reader:  # readers take no lock
             assert reader.keys() == ["w"]
@@ -245,7 +252,7 @@ def test_memmap_delete_removes_files(tmp_path):
     with MemmapStore(folder) as s:
         s.delete("a")
     assert set(manifest_of(folder)["params"]) == {"b"}
-    assert sorted(os.listdir(folder)) == ["b.00000.npy", "manifest.json"]
+    assert sorted(os.listdir(folder)) == ["b.00000.npy", "lock", "manifest.json"]
 
 
 def test_memmap_zero_init_is_sparse(tmp_path):
@@ -285,7 +292,7 @@ def test_memmap_failed_create_leaves_no_files(tmp_path):
     with MemmapStore(folder, shard_bytes=SHARD_BYTES) as s:
         with pytest.raises(RuntimeError):
             s.create("w", (3, 2**21), "float32", lambda a, b: (_ for _ in ()).throw(RuntimeError("no")))
-    assert os.listdir(folder) == ["manifest.json"]
+    assert sorted(os.listdir(folder)) == ["lock", "manifest.json"]
 
 
 def test_memmap_reads_leave_no_file_mapped(tmp_path):
@@ -317,10 +324,16 @@ def test_memmap_verify_detects_a_flipped_byte(tmp_path):
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x10
     path.write_bytes(bytes(data))
-    with MemmapStore(folder, read_only=True) as s:
+    # the shard changed since the commit: opening checks it and refuses, naming it
+    with pytest.raises(StoreFormatError, match=f"w \\({shard['file']}\\).*allow_corrupt=True"):
+        MemmapStore(folder, read_only=True)
+    with MemmapStore(folder, read_only=True, allow_corrupt=True) as s:
         assert s.verify() == [("w", shard["file"])]
-    with MemmapStore(folder) as s:  # a write and flush record the new checksum
-        s.write_rows("w", shard["start"], s.read_rows("w", shard["start"], shard["stop"]))
+    with MemmapStore(folder, allow_corrupt=True) as s:  # opened anyway: the next commit accepts the data
+        assert s.verify() == [("w", shard["file"])]
+        s.commit()
+        assert s.verify() == []
+    with MemmapStore(folder, read_only=True) as s:
         assert s.verify() == []
 
 
@@ -434,12 +447,12 @@ def test_memmap_shard_truncated_or_extended(memmap_folder):
     name = manifest_of(memmap_folder)["params"]["w"]["shards"][1]["file"]
     path = memmap_folder / name
     size = path.stat().st_size
-    np.save(path, np.ones((244, 4), np.float32))  # a faithful replacement opens fine
-    MemmapStore(memmap_folder).close()
+    np.save(path, np.ones((244, 4), np.float32))  # a well-formed replacement opens, when asked to
+    MemmapStore(memmap_folder, allow_corrupt=True).close()
     for new_size in (size - 4, size + 1):
         os.truncate(path, new_size)
         with pytest.raises(StoreFormatError, match=f"to be {size} bytes long, got {new_size}"):
-            MemmapStore(memmap_folder)
+            MemmapStore(memmap_folder, allow_corrupt=True)
 
 
 def test_memmap_shard_not_npy(memmap_folder):
@@ -481,7 +494,9 @@ def test_hdf5_file_readable_by_plain_h5py(tmp_path):
         assert ds.chunks == (CHUNK_BYTES // 24, 6) and ds.compression is None
         assert ds.dtype == np.dtype("<f4")
         assert f["dense_0/b"].chunks == (6,)  # never more rows than the dataset has
-        assert ds.attrs["crc32"] == zlib.crc32(w.tobytes())
+    # the commit record (checksums, step) sits beside the file, so row writes never touch HDF5 metadata
+    doc = json.loads((tmp_path / "p.h5.commit.json").read_text())
+    assert doc["format"] == "oocnet-hdf5-commit" and doc["checksums"]["dense_0/W"] == [checksum.block_sum(w, 0)]
 
 
 def test_hdf5_awkward_key_components_escaped(tmp_path):
@@ -592,7 +607,6 @@ def test_hdf5_verify_detects_a_flipped_byte(tmp_path):
     make_h5(path, w=reference((400, 4), "float32", 26), b=reference((3,), "int64", 27))
     with h5py.File(path, "r") as f:
         chunk = f["w"].id.get_chunk_info(3)
-        assert f["w"].attrs["crc32"] == zlib.crc32(f["w"][()].tobytes())
     with HDF5Store(path, read_only=True) as s:
         assert s.verify() == []
     with open(path, "r+b") as f:
@@ -600,10 +614,12 @@ def test_hdf5_verify_detects_a_flipped_byte(tmp_path):
         byte = f.read(1)
         f.seek(chunk.byte_offset + 7)
         f.write(bytes([byte[0] ^ 0x40]))
-    with HDF5Store(path, read_only=True) as s:
+    with pytest.raises(StoreFormatError, match=r"w \(/w\).*allow_corrupt=True"):
+        HDF5Store(path, read_only=True)
+    with HDF5Store(path, read_only=True, allow_corrupt=True) as s:
         assert s.verify() == [("w", "/w")]
-    with HDF5Store(path) as s:
-        s.write("w", s.read("w"))
+    with HDF5Store(path, allow_corrupt=True) as s:  # opened anyway: the next commit accepts the data
+        s.commit()
         assert s.verify() == []
 
 

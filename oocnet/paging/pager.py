@@ -599,12 +599,15 @@ class Pager:
                 self._free.clear()
                 self._free_bytes = 0
 
-    def close(self) -> None:
-        """Write back dirty blocks, stop the prefetch thread and release buffers (the store stays open)."""
+    def close(self, flush: bool = True) -> None:
+        """Write back dirty blocks (unless ``flush`` is False), stop the prefetch thread, release buffers.
+
+        The store stays open.
+        """
         if self._closed:
             return
         try:
-            if not self.store.closed:
+            if not self.store.closed and flush:
                 self.flush()
                 self.invalidate()
         finally:

@@ -32,6 +32,7 @@ Capability flags (class attributes) say how backends differ:
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import operator
 import os
@@ -173,6 +174,7 @@ class Store(abc.ABC):
     def __init__(self, *, read_only: bool = False) -> None:
         self.read_only = bool(read_only)
         self._closed = False
+        self._failed = False  # a data write failed since the last commit: never commit on top of it
 
     # -- what a backend implements --------------------------------------------------
     @abc.abstractmethod
@@ -205,7 +207,17 @@ class Store(abc.ABC):
     def _delete(self, key: str) -> None: ...
 
     def _flush(self) -> None:
-        """Push written data to durable storage (no-op in RAM)."""
+        """Push buffered writes to the OS (no-op in RAM)."""
+
+    def _before_write(self, key: str, ids: np.ndarray) -> None:
+        """Called with the sorted row ids about to be overwritten (durable stores journal them)."""
+
+    def _after_create(self, key: str) -> None:
+        """Called after a parameter was created."""
+
+    def has_uncommitted(self) -> bool:
+        """Whether anything was written since the last commit (always False in RAM)."""
+        return False
 
     def _close(self) -> None:
         """Release files and handles."""
@@ -276,6 +288,28 @@ class Store(abc.ABC):
             arr = arr.astype(info.dtype)
         return np.ascontiguousarray(arr)
 
+    @property
+    def failed(self) -> bool:
+        """True when a write failed (or :meth:`mark_failed` was called) since the last commit."""
+        return self._failed
+
+    def mark_failed(self) -> None:
+        """Forbid committing what was written since the last commit (a caller's step failed half-way).
+
+        :meth:`close` then leaves the changes uncommitted, and the next open of a
+        disk store rolls them back.
+        """
+        self._failed = True
+
+    @contextlib.contextmanager
+    def _poison_on_error(self):
+        """A write that fails part-way may leave rows half-written: no commit may follow it."""
+        try:
+            yield
+        except BaseException:
+            self._failed = True
+            raise
+
     # -- public interface --------------------------------------------------------------
     def create(self, key: str, shape, dtype="float32", init: RowInitializer | np.ndarray | None = None) -> ParamInfo:
         """Create a parameter and fill it.
@@ -311,6 +345,7 @@ class Store(abc.ABC):
                 return self._check_value(info, user_init(a, b), b - a, "init")
 
         self._create(info, checked)
+        self._after_create(info.key)
         return info
 
     def keys(self) -> list[str]:
@@ -371,7 +406,10 @@ class Store(abc.ABC):
         """Overwrite a whole parameter."""
         self._check_writable()
         info = self._checked_info(key)
-        self._write_rows(key, 0, self._check_value(info, value, info.n_rows, "write"))
+        arr = self._check_value(info, value, info.n_rows, "write")
+        self._before_write(key, np.arange(info.n_rows, dtype=np.int64))
+        with self._poison_on_error():
+            self._write_rows(key, 0, arr)
 
     def write_rows(self, key: str, start: int, value) -> None:
         """Overwrite rows ``[start, start + len(value))`` of ``key``."""
@@ -382,7 +420,9 @@ class Store(abc.ABC):
         a, b = self._check_range(info, a, a + max(n, 0))
         arr = self._check_value(info, value, b - a, "write_rows")
         if b > a:
-            self._write_rows(key, a, arr)
+            self._before_write(key, np.arange(a, b, dtype=np.int64))
+            with self._poison_on_error():
+                self._write_rows(key, a, arr)
 
     def write_index(self, key: str, rows, value) -> None:
         """Overwrite the rows ``rows`` of ``key`` (any order; duplicates are refused)."""
@@ -398,7 +438,9 @@ class Store(abc.ABC):
             if np.any(ids[1:] == ids[:-1]):
                 raise ConfigError(f"row ids written to {key!r} must be unique; combine duplicate rows first.")
             arr = arr[order]
-        self._write_index(key, ids, arr)
+        self._before_write(key, ids)
+        with self._poison_on_error():
+            self._write_index(key, ids, arr)
 
     def delete(self, key: str) -> None:
         """Remove a parameter."""
@@ -410,19 +452,42 @@ class Store(abc.ABC):
         """A live, writeable view of rows ``[start, stop)`` (only where ``zero_copy``)."""
         raise NotImplementedError(f"{type(self).__name__} does not hand out views (zero_copy is False).")
 
+    def commit(self, step: int | None = None, metadata: dict | None = None) -> dict:
+        """Make everything written so far durable as one commit; return its record.
+
+        In RAM this only records ``step`` and ``metadata``; disk stores implement
+        the journaled protocol of :mod:`oocnet.store.durable`.
+        """
+        self._check_writable()
+        prev = getattr(self, "_mem_commit", {"generation": 0, "step": 0, "metadata": {}, "time": None})
+        self._mem_commit = {"generation": prev["generation"] + 1,
+                            "step": prev["step"] if step is None else int(step),
+                            "metadata": metadata or {}, "time": None}
+        return dict(self._mem_commit)
+
+    @property
+    def last_commit(self) -> dict:
+        """The last commit's ``generation``, ``step``, ``metadata`` and ``time``."""
+        return dict(getattr(self, "_mem_commit", {"generation": 0, "step": 0, "metadata": {}, "time": None}))
+
     def flush(self) -> None:
-        """Write buffered data through to the backing files."""
+        """Write buffered data through to the backing files (durability is :meth:`commit`'s job)."""
         self._check_open()
         if not self.read_only:
             self._flush()
 
     def close(self) -> None:
-        """Flush and release the store; later calls raise StoreClosedError. Idempotent."""
+        """Commit what was written since the last commit, and release the store. Idempotent.
+
+        Later calls raise StoreClosedError.
+        """
         if self._closed:
             return
         try:
             if not self.read_only:
                 self._flush()
+                if self.has_uncommitted() and not self._failed:
+                    self.commit()  # a clean close keeps what was written
         finally:
             self._closed = True
             self._close()

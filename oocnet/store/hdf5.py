@@ -70,16 +70,20 @@ of 4 MiB per thread.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import threading
 import zlib
+
+from pathlib import Path
 
 import h5py
 import numpy as np
 from h5py import h5s
 
 from ..errors import ConfigError, OocnetError, StoreError, StoreFormatError, StoreIOError
+from .durable import DurableStore, acquire_lock, write_atomic
 from .base import (
     ParamInfo,
     RowInitializer,
@@ -93,6 +97,7 @@ from .base import (
 
 FORMAT_NAME = "oocnet-hdf5"
 FORMAT_VERSION = 1
+COMMIT_FORMAT = "oocnet-hdf5-commit"
 
 #: Default target bytes per HDF5 chunk.
 DEFAULT_CHUNK_BYTES = 1 * 2**20
@@ -174,7 +179,7 @@ class _Mover:
         self.dsid.write(self.mspace, self.fspace, self.arr)
 
 
-class HDF5Store(Store):
+class HDF5Store(DurableStore, Store):
     """Parameters in one HDF5 file, one chunked dataset per parameter.
 
     The format is specified in this module's docstring.  Whole and row-range
@@ -220,8 +225,10 @@ class HDF5Store(Store):
     persistent = True
     zero_copy = False
 
-    def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
+        self._durable_init(-1)
         self._closed = True  # until the file is validated; close() is then a no-op
         check_positive_int("chunk_bytes", chunk_bytes)
         self.path = check_path(path)
@@ -237,10 +244,12 @@ class HDF5Store(Store):
         self._registered = False  # in _WRITERS
         try:
             self._open_file()
+            self._closed = False
+            self._durable_open(self._load_commit(), verify, allow_corrupt)
         except BaseException:
+            self._closed = True
             self._close()
             raise
-        self._closed = False
 
     # -- opening --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -273,7 +282,12 @@ class HDF5Store(Store):
             except OSError as exc:
                 raise StoreIOError(f"creating the folder {p.parent} failed: {exc.strerror or exc}.") from exc
             mode, new = "x", True
+        try:
+            self._dir_fd_durable = os.open(p.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreIOError(f"opening the folder {p.parent} failed: {exc.strerror or exc}.") from exc
         if not self.read_only:
+            self._lock_fd = acquire_lock(p.with_name(p.name + ".lock"), p)
             with _WRITERS_LOCK:
                 if self._real in _WRITERS:
                     raise StoreError(
@@ -283,8 +297,10 @@ class HDF5Store(Store):
                 _WRITERS.add(self._real)
                 self._registered = True
         try:
-            # No chunk cache (see "Memory" in the module docstring).
-            self._file = h5py.File(p, mode, rdcc_nbytes=0)
+            # No chunk cache (see "Memory" in the module docstring).  HDF5's own file lock is
+            # off: it would lock readers out too; the store's lock file admits one writer
+            # and any number of readers (see oocnet.store.durable).
+            self._file = h5py.File(p, mode, rdcc_nbytes=0, locking=False)
         except OSError as exc:
             if "unable to lock file" in str(exc):
                 raise StoreIOError(
@@ -298,6 +314,8 @@ class HDF5Store(Store):
                 attrs["oocnet_format"] = FORMAT_NAME
                 attrs["oocnet_version"] = FORMAT_VERSION
                 self._file.flush()
+            self._persist_commit({"generation": 0, "step": 0, "metadata": {}, "time": None, "checksums": {},
+                                  "stamps": {}})
             return
         fmt = _as_str(attrs.get("oocnet_format"))
         if fmt != FORMAT_NAME:
@@ -474,12 +492,19 @@ class HDF5Store(Store):
         try:
             with self._wlock:
                 with self._guard("creating a dataset in"):
+                    # Early allocation and no timestamps: after creation, row writes touch raw
+                    # chunk data only, never HDF5 metadata, so a crash mid-write cannot damage
+                    # the file's structure (the journal restores the rows).
+                    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
                     ds = f.create_dataset(
                         path,
                         shape=info.shape,
                         dtype=info.dtype.newbyteorder("<"),
                         chunks=(rows_per_chunk, *info.row_shape),
-                        fillvalue=np.zeros((), dtype=info.dtype),  # never-written chunks read as 0, cost no space
+                        fillvalue=np.zeros((), dtype=info.dtype),
+                        track_times=False,
+                        dcpl=dcpl,
                     )
                     ds.attrs["oocnet_key"] = info.key
                 if init is not None:
@@ -516,16 +541,74 @@ class HDF5Store(Store):
 
     def _flush(self) -> None:
         with self._wlock, self._guard("flushing"):
-            for key in sorted(self._written):
-                self._dataset(key).attrs["crc32"] = self._crc(key)
-            self._written.clear()
             self._file.flush()  # HDF5's buffers -> the OS
+
+    def _sync_data(self) -> None:
+        with self._wlock, self._guard("syncing"):
+            self._file.flush()
             try:
                 os.fsync(self._file.id.get_vfd_handle())  # the OS -> the disk
             except (OSError, ValueError, TypeError):
                 pass  # a driver without a POSIX fd (e.g. in-memory); nothing to sync
+            self._written.clear()
+
+    # -- durability hooks (see oocnet.store.durable) ------------------------------------
+    def _sidecar(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _journal_path(self) -> Path:
+        return self._sidecar(".journal")
+
+    def _blocks(self, key: str) -> np.ndarray:
+        return np.zeros(1, dtype=np.int64)  # one checksum per dataset
+
+    def _block_label(self, key: str, i: int) -> str:
+        return self._paths[key]
+
+    def _block_files(self, key: str) -> list[Path]:
+        return [self.path]
+
+    def _load_commit(self) -> dict | None:
+        path = self._sidecar(".commit.json")
+        if not path.exists():
+            return None
+        try:
+            doc = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise StoreIOError(f"reading {path} failed: {exc.strerror or exc}.") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreFormatError(f"{path}: expected a JSON object, got invalid JSON ({exc}).") from exc
+        if not isinstance(doc, dict) or doc.get("format") != COMMIT_FORMAT:
+            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise StoreFormatError(f"{path}: expected format {COMMIT_FORMAT!r}, got {got!r}.")
+        version = doc.get("version")
+        if not _is_int(version) or version < 1:
+            raise StoreFormatError(f"{path}: expected version {FORMAT_VERSION}, got {version!r}.")
+        if version > FORMAT_VERSION:
+            raise StoreFormatError(f"{path}: expected version {FORMAT_VERSION} or older, got {version}; "
+                                   "the store was written by a newer oocnet, upgrade to read it.")
+        for fld in ("generation", "step"):
+            if not _is_int(doc.get(fld)) or doc[fld] < 0:
+                raise StoreFormatError(f"{path}: expected {fld} to be an integer >= 0, got {doc.get(fld)!r}.")
+        if not isinstance(doc.get("checksums"), dict) or not isinstance(doc.get("metadata", {}), dict):
+            raise StoreFormatError(f"{path}: expected 'checksums' and 'metadata' to be objects.")
+        return doc
+
+    def _persist_commit(self, record: dict) -> None:
+        doc = {"format": COMMIT_FORMAT, "version": FORMAT_VERSION, **record}
+        write_atomic(self._sidecar(".commit.json"), json.dumps(doc, indent=1).encode("ascii"), self._dir_fd_durable)
+
+    def _drop_params(self, keys: list[str]) -> None:
+        for key in keys:
+            if key in self._paths:
+                self._delete(key)
+
 
     def _close(self) -> None:
+        self._durable_close()
+        if self._dir_fd_durable >= 0:
+            os.close(self._dir_fd_durable)
+            self._dir_fd_durable = -1
         self._ds.clear()
         if self._file is not None:
             with contextlib.suppress(Exception):
@@ -537,38 +620,6 @@ class HDF5Store(Store):
             self._registered = False
 
     # -- extras ---------------------------------------------------------------------
-    def verify(self) -> list[tuple[str, str]]:
-        """Recompute every parameter's checksum and report those that differ.
-
-        A writable store is flushed first, so checksums of datasets written in
-        this session are current.  Datasets without a ``crc32`` attribute are
-        skipped.
-
-        Returns
-        -------
-        list of (str, str)
-            ``(key, dataset)`` for each parameter whose values no longer match
-            its recorded ``crc32``; ``dataset`` is the HDF5 path inside the file.
-            Empty when everything matches.
-
-        Raises
-        ------
-        StoreClosedError
-            The store is closed.
-        StoreIOError
-            A dataset cannot be read.
-        """
-        self._check_open()
-        if not self.read_only:
-            self._flush()
-        bad = []
-        with self._guard("reading"):
-            for key in sorted(self._paths):
-                recorded = self._dataset(key).attrs.get("crc32")
-                if recorded is not None and self._crc(key) != int(recorded):
-                    bad.append((key, self._paths[key]))
-        return bad
-
     def dataset_path(self, key: str) -> str:
         """The HDF5 path of ``key``'s dataset (e.g. ``"/dense_0/W"``)."""
         self._checked_info(key)

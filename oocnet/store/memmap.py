@@ -127,6 +127,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ConfigError, StoreError, StoreFormatError, StoreIOError
+from .durable import DurableStore, acquire_lock, write_atomic
 from .base import (
     ParamInfo,
     RowInitializer,
@@ -147,6 +148,8 @@ FORMAT_NAME = "oocnet-memmap"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _MANIFEST_TMP = MANIFEST + ".tmp"
+LOCK = "lock"
+JOURNAL = "journal"
 
 #: Default bytes per shard file.
 DEFAULT_SHARD_BYTES = 64 * 2**20
@@ -224,7 +227,28 @@ def _io_error(exc: OSError, action: str, path: os.PathLike | str) -> StoreIOErro
     return err
 
 
-class MemmapStore(Store):
+def _parse_commit(where: str, commit: object, params: dict) -> dict | None:
+    """Validate the manifest's ``commit`` section; None for a manifest written before commits existed."""
+    if commit is None:
+        return None
+    if not isinstance(commit, dict):
+        raise StoreFormatError(f"{where}: expected 'commit' to be an object, got {type(commit).__name__}.")
+    for fld in ("generation", "step"):
+        v = commit.get(fld)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise StoreFormatError(f"{where}: expected commit.{fld} to be an integer >= 0, got {v!r}.")
+    sums = commit.get("checksums", {})
+    if not isinstance(sums, dict) or any(
+        not isinstance(v, list) or any(x is not None and (isinstance(x, bool) or not isinstance(x, int)) for x in v)
+        for v in sums.values()
+    ):
+        raise StoreFormatError(f"{where}: expected commit.checksums to map keys to lists of integers.")
+    if not isinstance(commit.get("metadata", {}), dict) or not isinstance(commit.get("stamps", {}), dict):
+        raise StoreFormatError(f"{where}: expected commit.metadata and commit.stamps to be objects.")
+    return commit
+
+
+class MemmapStore(DurableStore, Store):
     """Parameters in a folder of ``.npy`` row shards, moved with pread/pwrite.
 
     The format is specified in this module's docstring.  Rows are read into
@@ -274,8 +298,10 @@ class MemmapStore(Store):
     persistent = True
     zero_copy = False
 
-    def __init__(self, path, *, read_only: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    def __init__(self, path, *, read_only: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
+        self._durable_init(-1)
         self._closed = True  # until the folder is validated; close() is then a no-op
         check_positive_int("shard_bytes", shard_bytes)
         self.path = check_path(path)
@@ -289,12 +315,16 @@ class MemmapStore(Store):
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._nowait = _RWF_NOWAIT is not None  # probe the page cache before reading (see _run_reads)
         self._dir_fd = -1
+        self._commit_record: dict | None = None
         try:
             self._open_folder()
+            self._dir_fd_durable = self._dir_fd
+            self._closed = False
+            self._durable_open(self._commit_record, verify, allow_corrupt)
         except BaseException:
+            self._closed = True
             self._release()
             raise
-        self._closed = False
 
     # -- opening --------------------------------------------------------------------
     def _open_folder(self) -> None:
@@ -314,20 +344,10 @@ class MemmapStore(Store):
             self._dir_fd = os.open(p, os.O_RDONLY)
         except OSError as exc:
             raise _io_error(exc, "opening the folder", p) from exc
-        if not self.read_only and fcntl is not None:
-            try:
-                fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise StoreError(
-                    f"memmap store {p} is already open for writing (by this or another process); "
-                    "close that store first, or open this one with read_only=True."
-                ) from exc
-            except OSError:  # filesystems without flock support: proceed unlocked
-                pass
         manifest = p / MANIFEST
         if not manifest.exists():
             try:
-                others = sorted(e.name for e in os.scandir(p) if e.name != _MANIFEST_TMP)
+                others = sorted(e.name for e in os.scandir(p) if e.name not in (_MANIFEST_TMP, LOCK, JOURNAL))
             except OSError as exc:
                 raise _io_error(exc, "listing", p) from exc
             if others:
@@ -337,8 +357,11 @@ class MemmapStore(Store):
                 )
             if self.read_only:
                 raise StoreError(f"no memmap store at {p}: the folder is empty (no {MANIFEST}).")
+            self._lock_fd = acquire_lock(p / LOCK, p)
             self._write_manifest()  # a fresh store always has a manifest
             return
+        if not self.read_only:
+            self._lock_fd = acquire_lock(p / LOCK, p)
         self._load_manifest(manifest)
 
     def _load_manifest(self, manifest: Path) -> None:
@@ -367,6 +390,7 @@ class MemmapStore(Store):
         params = doc.get("params")
         if not isinstance(params, dict):
             raise StoreFormatError(f"{where}: expected 'params' to be an object, got {type(params).__name__}.")
+        self._commit_record = _parse_commit(where, doc.get("commit"), params)
         seen_files: set[str] = set()
         for key, entry in params.items():
             self._params[key] = self._parse_entry(where, key, entry, seen_files)
@@ -486,12 +510,14 @@ class MemmapStore(Store):
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
+            "commit": self._commit_record if self._commit_record is not None else {
+                "generation": 0, "step": 0, "metadata": {}, "time": None, "checksums": {}, "stamps": {}},
             "params": {
                 key: {
                     "shape": list(p.info.shape),
                     "dtype": p.info.dtype.name,
                     "shards": [
-                        {"file": s.file, "start": s.start, "stop": s.stop, "crc32": s.crc32} for s in p.shards
+                        {"file": s.file, "start": s.start, "stop": s.stop} for s in p.shards
                     ],
                 }
                 for key, p in self._params.items()
@@ -501,20 +527,7 @@ class MemmapStore(Store):
     def _write_manifest(self) -> None:
         """Replace manifest.json atomically: temp file, fsync, rename, fsync the folder."""
         data = json.dumps(self._manifest_doc(), indent=1).encode("ascii")
-        tmp = self.path / _MANIFEST_TMP
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path / MANIFEST)
-            os.fsync(self._dir_fd)  # make the rename (and new shard entries) durable
-        except OSError as exc:
-            raise _io_error(exc, "writing", self.path / MANIFEST) from exc
+        write_atomic(self.path / MANIFEST, data, self._dir_fd)
 
     # -- files ----------------------------------------------------------------------
     def _fd(self, shard: _Shard) -> int:
@@ -841,31 +854,43 @@ class MemmapStore(Store):
                 pass  # an unreferenced file is harmless; the manifest no longer names it
 
     def _flush(self) -> None:
-        if not self._written:
-            return
-        written = list(self._written)
-        owner = {s: p for p in self._params.values() for s in p.shards}
-        buf = memoryview(bytearray(_CRC_CHUNK_BYTES))
-        for shard in written:
-            fd = self._fd(shard)
+        pass  # pwrite already handed the bytes to the OS; commit() makes them durable
+
+    def _sync_data(self) -> None:
+        for shard in list(self._written):
             try:
-                os.fsync(fd)
+                os.fsync(self._fd(shard))
             except OSError as exc:
                 raise _io_error(exc, "syncing", self.path / shard.file) from exc
-        crcs = {}
-        for shard in written:
-            rb = owner[shard].info.row_nbytes
-            crcs[shard] = self._crc_span(shard, self._fd(shard), buf, rb)
-        old = {s: s.crc32 for s in written}
-        for s, c in crcs.items():
-            s.crc32 = c
+            self._written.discard(shard)
+
+    # -- durability hooks (see oocnet.store.durable) ------------------------------------
+    def _journal_path(self) -> Path:
+        return self.path / JOURNAL
+
+    def _blocks(self, key: str) -> np.ndarray:
+        return np.array([s.start for s in self._params[key].shards], dtype=np.int64)
+
+    def _block_label(self, key: str, i: int) -> str:
+        return self._params[key].shards[i].file
+
+    def _block_files(self, key: str) -> list[Path]:
+        return [self.path / s.file for s in self._params[key].shards]
+
+    def _persist_commit(self, record: dict) -> None:
+        old = self._commit_record
+        self._commit_record = record
         try:
             self._write_manifest()
         except BaseException:
-            for s, c in old.items():
-                s.crc32 = c
+            self._commit_record = old
             raise
-        self._written.difference_update(written)
+
+    def _drop_params(self, keys: list[str]) -> None:
+        for key in keys:
+            if key in self._params:
+                self._delete(key)
+
 
     def _crc_span(self, shard: _Shard, fd: int, buf: memoryview, row_nbytes: int) -> int:
         """zlib.crc32 of a shard's data bytes, read through ``buf`` (bounded memory)."""
@@ -879,6 +904,7 @@ class MemmapStore(Store):
         return crc
 
     def _release(self) -> None:
+        self._durable_close()
         for name in list(self._fds):
             self._close_fd(name)
         if self._pool is not None:
@@ -892,41 +918,6 @@ class MemmapStore(Store):
         self._release()
 
     # -- extras ---------------------------------------------------------------------
-    def verify(self) -> list[tuple[str, str]]:
-        """Recompute every shard's checksum and report those that differ.
-
-        A writable store is flushed first, so checksums of shards written in
-        this session are current.  Shards whose checksum was never recorded
-        (``"crc32": null``) are skipped.
-
-        Returns
-        -------
-        list of (str, str)
-            ``(key, file)`` for each shard whose data no longer matches the
-            ``crc32`` in the manifest; ``file`` is the shard's file name inside
-            the folder.  Empty when everything matches.
-
-        Raises
-        ------
-        StoreClosedError
-            The store is closed.
-        StoreIOError
-            A shard cannot be read.
-        """
-        self._check_open()
-        if not self.read_only:
-            self._flush()
-        buf = memoryview(bytearray(_CRC_CHUNK_BYTES))
-        bad = []
-        for key in sorted(self._params):
-            p = self._params[key]
-            for shard in p.shards:
-                if shard.crc32 is None:
-                    continue
-                if self._crc_span(shard, self._fd(shard), buf, p.info.row_nbytes) != shard.crc32:
-                    bad.append((key, shard.file))
-        return bad
-
     def shard_files(self, key: str) -> list[Path]:
         """Paths of the ``.npy`` shard files of ``key``, in row order.
 

@@ -1,0 +1,447 @@
+"""Commits, the rollback journal, checksums and the writer lock, shared by the disk backends.
+
+The protocol (see :mod:`oocnet.store.journal` for the journal's bytes)
+======================================================================
+A store's state on disk is its data files plus a *commit record* (memmap: the
+``commit`` section of ``manifest.json``; HDF5: the ``<file>.commit.json``
+sidecar), replaced atomically (write a temp file, fsync, rename, fsync the
+folder).  The record holds a generation number, the training step, the user's
+metadata, one checksum per block of rows (a memmap shard; a whole HDF5
+dataset) and each data file's size and modification time.
+
+Between commits, updates are written in place.  Before rows are overwritten
+for the first time since the last commit:
+
+1. their current bytes are appended to the journal (``<store>.journal``),
+   which is fsynced -- created first, with the folder fsynced, if this is the
+   first write since the commit;
+2. only then is the data written.
+
+A commit:
+
+3. writes every buffered change and fsyncs the data files;
+4. updates each touched block's checksum with the hashes of the changed rows
+   (old images were hashed when journaled, new values are read back now: the
+   cost follows what changed, not the model's size);
+5. replaces the commit record with generation + 1 -- *the commit point*;
+6. deletes the journal and fsyncs the folder.
+
+Why the order is safe: until step 5 the old record names the old generation,
+and every row that differs from it has its old bytes in a complete, fsynced
+journal record (1 before 2), so opening rolls the journal back and the store
+is exactly at the last commit.  After step 5 the journal's base generation is
+older than the record's, so a journal left by a crash between 5 and 6 is
+recognised as stale and deleted, never applied.  A record cut short (a crash
+during 1) protected a write that never started, and is ignored.
+
+Parameters created since the last commit are marked with the generation that
+will commit them; opening drops those the last commit does not cover.
+
+Opening also verifies the checksums of every block whose data file changed
+(size or modification time) since the commit record was written -- after a
+rollback, or if something else touched the files -- and refuses a store that
+fails, unless asked to open it anyway (``allow_corrupt=True``).
+:meth:`DurableStore.verify` checks every block.
+
+One writer at a time: a writable store holds an exclusive ``flock`` on a lock
+file (``<store>.lock``) holding its pid; a second writer is told that pid.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ReadOnlyError, StoreError, StoreFormatError, StoreIOError
+from . import checksum as ck
+from . import journal as jr
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None
+
+#: Rows are journaled and hashed in pieces of about this many bytes.
+PIECE_BYTES = 4 * 2**20
+
+#: Fault-injection seam for crash tests: when set, called with the name of each
+#: point of the protocol as it is passed ("journal:created", "journal:record-head",
+#: "journal:appended", "commit:data-synced", "commit:record-tmp", "commit:persisted",
+#: "commit:done").  A test can sleep there to be killed inside that window.
+FAULT_HOOK = None
+
+
+def at(point: str) -> None:
+    """Pass a named point of the protocol (see FAULT_HOOK)."""
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(point)
+
+
+class StoreLockedError(StoreError):
+    """The store is open for writing by another process (or another store object)."""
+
+
+class ChecksumError(StoreFormatError):
+    """A block's data does not match the checksum recorded at the last commit."""
+
+
+def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync folder)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        at("commit:record-tmp")
+        os.replace(tmp, path)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise StoreIOError(f"writing {path} failed: {exc.strerror or exc} (errno {exc.errno}).") from exc
+
+
+def acquire_lock(lock_path: Path, store_path: Path) -> int:
+    """Take the writer lock of ``store_path``; return its fd. Raises StoreLockedError naming the holder's pid."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise ReadOnlyError(
+                f"cannot open {lock_path.parent} for writing ({exc.strerror}); open the store with read_only=True."
+            ) from exc
+        raise StoreIOError(f"creating the lock file {lock_path} failed: {exc.strerror or exc}.") from exc
+    if fcntl is None:  # pragma: no cover
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise StoreLockedError(
+            f"store {store_path} is already open for writing by process {holder} (lock file {lock_path}); "
+            f"close it there, or open this one with read_only=True."
+        ) from None
+    except OSError:  # a filesystem without flock: proceed unlocked
+        pass
+    pid = str(os.getpid()).encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, pid, 0)
+    except OSError:
+        pass
+    return fd
+
+
+class DurableStore:
+    """Mixin giving a persistent :class:`~oocnet.store.base.Store` commits, a journal and checksums.
+
+    The backend calls :meth:`_durable_open` once its own metadata is loaded,
+    and implements the hooks below.  The base class's write methods call
+    :meth:`_before_write` before every data write.
+    """
+
+    # -- hooks the backend implements ------------------------------------------------
+    def _journal_path(self) -> Path: ...
+
+    def _blocks(self, key: str) -> np.ndarray:
+        """Start rows of the checksum blocks of ``key`` (first is 0)."""
+
+    def _block_label(self, key: str, i: int) -> str:
+        """A file (or dataset) name for block ``i`` of ``key``, for messages."""
+
+    def _block_files(self, key: str) -> list[Path]:
+        """The data file holding each block of ``key``."""
+
+    def _sync_data(self) -> None:
+        """fsync every data file written since the last commit."""
+
+    def _persist_commit(self, record: dict) -> None:
+        """Replace the commit record atomically and durably."""
+
+    def _drop_params(self, keys: list[str]) -> None:
+        """Delete parameters the last commit does not cover (at open)."""
+
+    # -- state -------------------------------------------------------------------------
+    def _durable_init(self, dir_fd: int) -> None:
+        self._dir_fd_durable = dir_fd
+        self._journal: jr.Journal | None = None
+        self._journaled: dict[str, np.ndarray] = {}
+        self._hash_delta: dict[str, dict[int, int]] = {}
+        self._commit: dict = {"generation": 0, "step": 0, "metadata": {}, "time": None}
+        self._checksums: dict[str, list[int]] = {}
+        self._stamps: dict[str, list[int]] = {}
+        self._uncommitted: set[str] = set()
+        self._replaying = False
+        self._recompute: set[tuple[str, int]] = set()
+        self._lock_fd = -1
+
+    @property
+    def last_commit(self) -> dict:
+        """The last commit: ``generation``, ``step``, ``metadata``, ``time`` (ISO 8601, UTC)."""
+        return {k: self._commit[k] for k in ("generation", "step", "metadata", "time")}
+
+    def has_uncommitted(self) -> bool:
+        """Whether anything was written (or created) since the last commit."""
+        return self._journal is not None or bool(self._uncommitted)
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes in the journal since the last commit (0 when there is none)."""
+        return self._journal.bytes_written if self._journal is not None else 0
+
+    def _file_stamp(self, path: Path) -> list[int]:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+
+    # -- open ------------------------------------------------------------------------
+    def _durable_open(self, record: dict | None, verify: bool, allow_corrupt: bool) -> None:
+        """Adopt the loaded commit ``record``, roll back a journal, drop uncommitted params, verify."""
+        if record is not None:
+            self._commit = {k: record.get(k) for k in ("generation", "step", "metadata", "time")}
+            self._checksums = {k: list(v) for k, v in record.get("checksums", {}).items()}
+            self._stamps = dict(record.get("stamps", {}))
+        else:  # written before commits existed (or brand new): adopt what is there, checksums unknown
+            self._checksums = {k: [None] * len(self._blocks(k)) for k in self._keys()}
+        gen = self._commit["generation"]
+        stale = [k for k in self._keys() if k not in self._checksums]
+        rolled = False
+        path = self._journal_path()
+        if path.exists():
+            base = jr.read_base_generation(path)
+            if base is not None and base > gen:
+                raise StoreFormatError(
+                    f"journal {path} rolls back to generation {base}, but the store's last commit is {gen}; "
+                    f"expected a generation <= {gen}. The commit record may have been replaced by an older copy."
+                )
+            if base == gen:
+                if self.read_only:
+                    raise StoreError(
+                        f"{path} holds changes made after the last commit (a writer crashed, or is running). "
+                        f"Open the store writable once to roll them back (read-only opens cannot)."
+                    )
+                self._rollback(path)
+                rolled = True
+            if not self.read_only:
+                jr.delete(path, self._dir_fd_durable)
+        if stale:
+            if self.read_only:
+                raise StoreError(
+                    f"{self.path} holds parameters created after the last commit ({', '.join(stale[:3])}); "
+                    f"open the store writable once to drop them (read-only opens cannot)."
+                )
+            self._drop_params(stale)
+        if verify:
+            self._verify_changed(allow_corrupt, rolled)
+
+    def _rollback(self, path: Path) -> None:
+        def row_nbytes_of(key: str):
+            return self._info(key).row_nbytes if key in self._keys() else None
+
+        records = jr.scan(path, row_nbytes_of)
+        self._replaying = True
+        try:
+            for rec in reversed(records):  # newest first: the oldest (committed) image lands last
+                info = self._info(rec.key)
+                step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
+                for a in range(0, rec.ids.size, step):
+                    b = min(rec.ids.size, a + step)
+                    old = np.frombuffer(jr.read_rows(path, rec, a, b), dtype=info.dtype)
+                    old = old.reshape((b - a, *info.row_shape))
+                    ids = rec.ids[a:b]
+                    order = np.argsort(ids, kind="stable")
+                    self._write_index(rec.key, ids[order], np.ascontiguousarray(old[order]))
+            self._flush()
+            self._sync_data()
+        finally:
+            self._replaying = False
+
+    def _verify_changed(self, allow_corrupt: bool, rolled: bool) -> None:
+        changed = []
+        for key in self._keys():
+            for i, f in enumerate(self._block_files(key)):
+                name = f.name
+                try:
+                    now = self._file_stamp(f)
+                except OSError:
+                    continue
+                if rolled or self._stamps.get(name) != now:
+                    changed.append((key, i))
+        bad = self._check_blocks(changed)
+        if bad and allow_corrupt:
+            # Opened anyway: the next commit takes the blocks as they are (full recompute).
+            labels = {(k, lbl) for k, lbl in bad}
+            for key, i in changed:
+                if (key, self._block_label(key, i)) in labels:
+                    self._recompute.add((key, i))
+        if bad and not allow_corrupt:
+            shown = ", ".join(f"{k} ({lbl})" for k, lbl in bad[:5])
+            raise ChecksumError(
+                f"store {self.path} fails verification: {len(bad)} block(s) differ from the checksums of the "
+                f"last commit: {shown}. Open with allow_corrupt=True to read it anyway."
+            )
+
+    def _check_blocks(self, blocks: list[tuple[str, int]]) -> list[tuple[str, str]]:
+        bad = []
+        for key, i in blocks:
+            want = self._checksums.get(key)
+            if want is None or i >= len(want) or want[i] is None:
+                continue
+            if self._block_sum(key, i) != want[i]:
+                bad.append((key, self._block_label(key, i)))
+        return bad
+
+    def _block_sum(self, key: str, i: int) -> int:
+        info = self._info(key)
+        starts = self._blocks(key)
+        a, b = int(starts[i]), int(starts[i + 1]) if i + 1 < len(starts) else info.n_rows
+        step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
+        total = 0
+        buf = None
+        for r in range(a, b, step):
+            s = min(b, r + step)
+            if buf is None or buf.shape[0] != s - r:
+                buf = np.empty((s - r, *info.row_shape), dtype=info.dtype)
+            self._read_rows(key, r, s, buf)
+            total = ck.add(total, ck.block_sum(buf, r))
+        return total
+
+    def verify(self) -> list[tuple[str, str]]:
+        """Recompute every block's checksum; return ``(key, file)`` of each that differs from the last commit.
+
+        Changes not yet committed make their blocks differ; commit first to check a live store.
+        """
+        self._check_open()
+        blocks = [(k, i) for k in self._keys() for i in range(len(self._blocks(k)))]
+        return self._check_blocks(blocks)
+
+    # -- writes ---------------------------------------------------------------------------
+    def _before_write(self, key: str, ids: np.ndarray) -> None:
+        """Journal the committed image of rows ``ids`` (sorted) of ``key`` not journaled yet."""
+        if self._replaying or key in self._uncommitted:
+            return  # a parameter created since the commit is dropped whole on rollback
+        done = self._journaled.get(key)
+        new = ids if done is None else ids[~np.isin(ids, done, assume_unique=True)]
+        if new.size == 0:
+            return
+        if self._journal is None:
+            self._journal = jr.Journal(self._journal_path(), self._commit["generation"], self._dir_fd_durable)
+            at("journal:created")
+        info = self._info(key)
+        starts = self._blocks(key)
+        delta = self._hash_delta.setdefault(key, {})
+        step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
+        for a in range(0, new.size, step):
+            ids_p = new[a : a + step]
+            old = np.empty((ids_p.size, *info.row_shape), dtype=info.dtype)
+            self._read_index(key, ids_p, old)
+            self._journal.append(key, ids_p, old)
+            at("journal:appended")
+            blk = np.searchsorted(starts, ids_p, side="right") - 1
+            for j in np.unique(blk).tolist():
+                sel = blk == j
+                delta[j] = ck.sub(delta.get(j, 0), ck.sum_at(old[sel], ids_p[sel]))
+        self._journaled[key] = new if done is None else np.union1d(done, new)
+
+    def _after_create(self, key: str) -> None:
+        self._uncommitted.add(key)
+
+    # -- commit ---------------------------------------------------------------------------
+    def commit(self, step: int | None = None, metadata: dict | None = None) -> dict:
+        """Make everything written so far durable as one commit; return its record.
+
+        Parameters
+        ----------
+        step : int, optional
+            The training step this state belongs to (default: the previous commit's).
+        metadata : dict, optional
+            JSON-serialisable data stored with the commit.
+        """
+        self._check_writable()
+        if self._failed:
+            raise StoreError(
+                f"a write to {self.path} failed since the last commit, so its rows may be half-written; "
+                f"nothing was committed. Close the store and reopen it: it rolls back to the last commit "
+                f"(step {self._commit['step']})."
+            )
+        if metadata is not None:
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"commit metadata must be JSON-serialisable, got {metadata!r}: {exc}.") from exc
+        self._flush()
+        checksums = {k: list(v) for k, v in self._checksums.items() if k in self._keys()}
+        for key, i in self._recompute:
+            if key in checksums:
+                checksums[key][i] = None
+        for key, sums in checksums.items():  # unknown checksums (adopted, or accepted damage): computed in full
+            if any(x is None for x in sums):
+                checksums[key] = [self._block_sum(key, i) for i in range(len(self._blocks(key)))]
+                self._hash_delta.pop(key, None)
+                self._journaled.pop(key, None)
+        for key in list(self._uncommitted):
+            if key in self._keys():
+                checksums[key] = [self._block_sum(key, i) for i in range(len(self._blocks(key)))]
+        for key, ids in self._journaled.items():
+            if key not in self._keys() or key in self._uncommitted:
+                continue
+            info = self._info(key)
+            starts = self._blocks(key)
+            sums = checksums[key]
+            for j, d in self._hash_delta.get(key, {}).items():
+                sums[j] = ck.add(sums[j], d)
+            step_rows = max(1, PIECE_BYTES // max(1, info.row_nbytes))
+            for a in range(0, ids.size, step_rows):
+                ids_p = ids[a : a + step_rows]
+                new = np.empty((ids_p.size, *info.row_shape), dtype=info.dtype)
+                self._read_index(key, ids_p, new)
+                blk = np.searchsorted(starts, ids_p, side="right") - 1
+                for j in np.unique(blk).tolist():
+                    sel = blk == j
+                    sums[j] = ck.add(sums[j], ck.sum_at(new[sel], ids_p[sel]))
+        self._sync_data()
+        at("commit:data-synced")
+        stamps = {}
+        for key in checksums:
+            for f in self._block_files(key):
+                stamps[f.name] = self._file_stamp(f)
+        record = {
+            "generation": int(self._commit["generation"]) + 1,
+            "step": int(step) if step is not None else self._commit["step"],
+            "metadata": metadata if metadata is not None else {},
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "checksums": checksums,
+            "stamps": stamps,
+        }
+        self._persist_commit(record)  # the commit point
+        at("commit:persisted")
+        self._commit = {k: record[k] for k in ("generation", "step", "metadata", "time")}
+        self._checksums, self._stamps = checksums, stamps
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        jr.delete(self._journal_path(), self._dir_fd_durable)
+        self._journaled.clear()
+        self._hash_delta.clear()
+        self._uncommitted.clear()
+        self._recompute.clear()
+        at("commit:done")
+        return self.last_commit
+
+    def _durable_close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # also releases the flock
+            self._lock_fd = -1

@@ -1,0 +1,346 @@
+"""Crash safety: commits, the rollback journal, checksums, the writer lock, faults and kill tests."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import oocnet as oc
+from oocnet.errors import ReadOnlyError, StoreError, StoreFormatError, StoreIOError
+from oocnet.store import durable, open_store
+
+sys.path.insert(0, str(Path(__file__).parent))
+import crash_child as child  # noqa: E402
+
+BACKENDS = ["memmap", "hdf5"]
+
+
+def store_path(tmp_path, backend):
+    return tmp_path / ("p.h5" if backend == "hdf5" else "p")
+
+
+_REFS: dict[int, dict] = {}
+
+
+def reference(steps: int) -> dict:
+    """Parameters and optimizer state of a clean in-RAM run stopped after ``steps`` steps."""
+    if steps not in _REFS:
+        model = child.build(None, None)
+        child.train(model, 0, steps)
+        _REFS[steps] = model.state_dict(include_state=True)
+    return _REFS[steps]
+
+
+def assert_bitwise(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
+# -- commits -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_creation_is_commit_zero_and_commits_record_step_and_metadata(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    model = child.build(path, None)
+    assert model.last_commit["step"] == 0 and model.last_commit["generation"] >= 1
+    child.train(model, 0, 3)  # commits after step 2
+    assert model.last_commit["step"] == 2 and model.last_commit["metadata"] == {"after_step": 2}
+    model.commit(metadata={"note": "by hand"})
+    assert model.last_commit["step"] == 3
+    model.close()
+    with open_store(path, read_only=True) as s:
+        assert s.last_commit["step"] == 3 and s.last_commit["metadata"] == {"note": "by hand"}
+        assert s.verify() == []
+    again = child.build(path, None)
+    assert again.step == 3  # training resumes at the last commit
+    assert_bitwise(again.state_dict(include_state=True), reference(3))
+    again.close()
+
+
+def test_commit_every_commits_during_training(tmp_path):
+    model = oc.Sequential([oc.Dense(3, 2)], store=tmp_path / "p", commit_every=3, dtype="float64")
+    for _ in range(7):
+        model.train_step(np.ones((2, 3)), np.zeros((2, 2)), oc.HalfSquaredError(), oc.SGD(0.1))
+    assert model.last_commit["step"] == 6
+    with pytest.raises(oc.errors.ConfigError, match="commit_every"):
+        oc.Sequential([oc.Dense(3, 2)], commit_every=0)
+    model.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uncommitted_changes_roll_back_after_a_crash(backend, tmp_path):
+    """A process that dies without committing (os._exit) leaves the store at its last commit."""
+    path = store_path(tmp_path, backend)
+    code = (
+        "import sys, os; sys.path.insert(0, %r); import crash_child as c\n"
+        "m = c.build(%r, '64KiB'); c.train(m, 0, 4)\n"  # commits at steps 2 and 4
+        "opt = c.oc.Adagrad(lr=0.1)\n"
+        "for s in range(4, 7): m.train_step(*c.batch(s), c.oc.SoftmaxCrossEntropy(), opt)\n"
+        "m.pager.flush()\n"  # uncommitted rows reach the files
+        "os._exit(0)\n"
+    ) % (str(Path(__file__).parent), str(path))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    j = path / "journal" if backend == "memmap" else path.with_name(path.name + ".journal")
+    assert j.exists() and j.stat().st_size > 32  # it was mid-transaction
+    model = child.build(path, "64KiB")
+    assert model.step == 4 and not j.exists()
+    assert_bitwise(model.state_dict(include_state=True), reference(4))
+    child.train(model, 4, 8)
+    assert_bitwise(model.state_dict(include_state=True), reference(8))
+    model.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commit_costs_what_changed(backend, tmp_path):
+    """Journal bytes after a step follow the rows it touched, not the table's size."""
+    path = store_path(tmp_path, backend)
+    model = oc.Sequential([oc.Embedding(200_000, 16)], store=path, budget="4MiB", dtype="float32")
+    rows = np.arange(0, 200_000, 997)[:150]
+    model.train_step([rows.tolist()], np.zeros((1, 16)), oc.HalfSquaredError(), oc.SGD(0.1))
+    model.pager.flush()
+    row_bytes = 16 * 4
+    assert model.store.journal_bytes < 150 * (row_bytes + 8) + 4096  # old images of the touched rows only
+    model.commit()
+    assert model.store.journal_bytes == 0
+    model.close()
+
+
+# -- the journal's own failure modes -------------------------------------------------------------
+
+def _store_with_pending(path, n=50):
+    s = open_store(path)
+    s.create("w", (n, 4), "float64", init=np.arange(n * 4, dtype=float).reshape(n, 4))
+    s.commit(step=1)
+    s.write_index("w", np.array([3, 7, 9]), np.full((3, 4), -1.0))
+    s.write_rows("w", 20, np.full((5, 4), -2.0))
+    return s
+
+
+def test_a_journal_torn_mid_record_rolls_back_the_complete_records(tmp_path, monkeypatch):
+    path = tmp_path / "p"
+    s = _store_with_pending(path)
+
+    class Died(Exception):
+        pass
+
+    def die(point):
+        if point == "journal:record-head":
+            raise Died  # the process dies after writing a record's header: the record is torn
+    monkeypatch.setattr(durable, "FAULT_HOOK", die)
+    with pytest.raises(Died):
+        s.write_index("w", np.array([40]), np.full((1, 4), -3.0))
+    monkeypatch.setattr(durable, "FAULT_HOOK", None)
+    os.close(s._lock_fd)  # dead: no commit, no close
+    s._lock_fd = -1
+    with open_store(path) as t:
+        np.testing.assert_array_equal(t.read("w"), np.arange(200, dtype=float).reshape(50, 4))
+        assert t.last_commit["step"] == 1
+        assert t.verify() == []
+
+
+def test_a_corrupt_complete_record_is_refused(tmp_path):
+    path = tmp_path / "p"
+    s = _store_with_pending(path)
+    os.close(s._lock_fd)
+    s._lock_fd = -1
+    jpath = path / "journal"
+    data = bytearray(jpath.read_bytes())
+    data[32 + 32 + 1 + 8 * 3 + 5] ^= 0xFF  # inside the first record's old row bytes
+    jpath.write_bytes(bytes(data))
+    with pytest.raises(StoreFormatError, match="corrupt"):
+        open_store(path)
+
+
+def test_a_stale_journal_is_deleted_not_applied(tmp_path):
+    path = tmp_path / "p"
+    s = _store_with_pending(path)
+    stale = (path / "journal").read_bytes()
+    s.commit(step=2)  # the journal is retired; these rows are committed
+    s.close()
+    (path / "journal").write_bytes(stale)  # as if the process died between commit point and deletion
+    with open_store(path) as t:
+        assert t.read_index("w", [3])[0, 0] == -1.0 and t.last_commit["step"] == 2
+    assert not (path / "journal").exists()
+
+
+def test_read_only_open_with_a_pending_journal_says_what_to_do(tmp_path):
+    path = tmp_path / "p"
+    s = _store_with_pending(path)
+    with pytest.raises(StoreError, match="Open the store writable once to roll them back"):
+        open_store(path, read_only=True)
+    s.close()
+
+
+# -- one writer -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_writer_is_told_the_holders_pid(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    open_store(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import oocnet, time; s = oocnet.open_store({str(path)!r}); print('ok', flush=True); "
+                               "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(durable.StoreLockedError, match=f"open for writing by process {holder.pid}"):
+            open_store(path)
+        with open_store(path, read_only=True) as r:  # readers are welcome
+            assert r.keys() == []
+    finally:
+        holder.kill()
+        holder.wait()
+    open_store(path).close()  # the lock died with its holder
+
+
+# -- faults: each a clear OocnetError, and the store still opens at its last commit --------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_write_is_an_error_and_the_store_reopens_at_its_last_commit(backend, tmp_path, monkeypatch):
+    path = store_path(tmp_path, backend)
+    model = child.build(path, "64KiB")
+    child.train(model, 0, 4)
+    calls = {"n": 0}
+    if backend == "memmap":
+        import oocnet.store.memmap as mm
+
+        real = os.pwrite
+
+        def failing(fd, data, offset):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data, offset)
+
+        monkeypatch.setattr(mm.os, "pwrite", failing)
+    else:
+        import oocnet.store.hdf5 as h5
+
+        real = h5._Mover.write
+
+        def failing(self, *a, **k):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(h5._Mover, "write", failing)
+    opt = oc.Adagrad(lr=0.1)
+    with pytest.raises(StoreIOError, match="No space left"):
+        for step in range(4, 12):
+            model.train_step(*child.batch(step), oc.SoftmaxCrossEntropy(), opt)
+            model.commit()
+    with pytest.raises(oc.OocnetError, match="rolls back to the last commit"):
+        model.commit()
+    monkeypatch.undo()
+    committed = model.last_commit["step"]
+    model.close()  # does not commit on top of the failure
+    again = child.build(path, "64KiB")
+    assert again.step == committed
+    assert_bitwise(again.state_dict(include_state=True), reference(committed))
+    again.close()
+
+
+def test_a_read_only_location_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "p"
+    open_store(path).close()
+    real = os.open
+
+    def ro(p, flags, *a):
+        if str(p).endswith("lock"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(p, flags, *a)
+
+    monkeypatch.setattr(durable.os, "open", ro)
+    with pytest.raises(ReadOnlyError, match="read_only=True"):
+        open_store(path)
+    monkeypatch.undo()
+    with open_store(path, read_only=True) as s:
+        assert s.keys() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newer_commit_record_version_is_refused(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    open_store(path).close()
+    if backend == "memmap":
+        doc = json.loads((path / "manifest.json").read_text())
+        doc["version"] = 7
+        (path / "manifest.json").write_text(json.dumps(doc))
+    else:
+        side = path.with_name(path.name + ".commit.json")
+        doc = json.loads(side.read_text())
+        doc["version"] = 7
+        side.write_text(json.dumps(doc))
+    with pytest.raises(StoreFormatError, match="got 7.*newer oocnet"):
+        open_store(path)
+
+
+# -- kill tests ------------------------------------------------------------------------------------
+
+HOOK_POINTS = [
+    ("journal:created", 1), ("journal:created", 3),
+    ("journal:record-head", 1), ("journal:record-head", 4),
+    ("journal:appended", 1), ("journal:appended", 6),
+    ("commit:data-synced", 1), ("commit:data-synced", 3),
+    ("commit:record-tmp", 2), ("commit:record-tmp", 4),
+    ("commit:persisted", 2), ("commit:persisted", 5),
+]
+RANDOM_KILLS = 10
+TOTAL = 60
+
+
+def _run_and_kill(path, budget, point, nth, delay):
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "crash_child.py"), str(path), budget,
+                             point, str(nth), str(TOTAL)], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline()
+        assert ready.startswith("READY"), ready
+        if point != "none":
+            line = proc.stdout.readline()
+            assert line.strip() == f"AT {point}", f"the child never reached {point}: {line!r}"
+        else:
+            ready_at = time.monotonic()
+            poll = select.poll()  # not select(): the suite may hold more than 1024 fds
+            poll.register(proc.stdout, select.POLLIN)
+            while time.monotonic() - ready_at < delay:
+                if poll.poll(5):
+                    line = proc.stdout.readline()
+                    if line.strip() == "DONE" or not line:
+                        break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_at_any_moment_reopens_at_the_last_commit_and_resumes_bit_identically(backend, tmp_path):
+    rng = np.random.default_rng(7 if backend == "memmap" else 8)
+    cases = [(p, n, 0.0, "64KiB") for p, n in HOOK_POINTS]
+    cases += [("none", 0, float(rng.uniform(0.0, 0.6)), "64KiB" if i % 2 else "none") for i in range(RANDOM_KILLS)]
+    seen_steps = set()
+    for i, (point, nth, delay, budget) in enumerate(cases):
+        path = store_path(tmp_path / f"case{i}", backend)
+        _run_and_kill(path, budget, point, nth, delay)
+        model = child.build(path, None if budget == "none" else budget)
+        s = model.step
+        seen_steps.add(s)
+        assert s % child.COMMIT_EVERY == 0
+        assert_bitwise(model.state_dict(include_state=True), reference(s))
+        child.train(model, s, s + 4)  # resumed training matches an uninterrupted run
+        assert_bitwise(model.state_dict(include_state=True), reference(s + 4))
+        model.close()
+        with open_store(path, read_only=True) as st:
+            assert st.verify() == []
+    assert len(seen_steps) >= 3  # the kills landed at different points of training
