@@ -33,11 +33,22 @@ Each parameter is a dataset:
   row_nbytes)), d1, ...)`` -- whole rows, so a row range touches few chunks;
   no compression or other filters; fill value 0 (rows never written read as
   zeros and occupy no space);
-* attributes: ``oocnet_key`` (variable-length string, the parameter key; it is
-  what makes a dataset a parameter, so other objects in the file are ignored),
-  and optionally ``crc32`` (integer in ``[0, 2**32)``): ``zlib.crc32`` of the
-  dataset's values as C-order little-endian bytes, recorded at the flush
-  following the last write of the dataset.
+* allocated early (all chunks exist from creation) and without timestamps, so
+  that writing rows never changes HDF5 metadata;
+* attribute ``oocnet_key`` (variable-length string, the parameter key; it is
+  what makes a dataset a parameter, so other objects in the file are ignored).
+  An attribute ``crc32`` written by earlier versions is ignored.
+
+Beside the file
+---------------
+``<file>.commit.json``: the commit record (:mod:`oocnet.store.durable`),
+``{"format": "oocnet-hdf5-commit", "version": 1, "generation", "step",
+"metadata", "time", "checksums": {key: [u64]}, "stamps": {file: [size,
+mtime_ns]}}`` -- one checksum per dataset (:mod:`oocnet.store.checksum`),
+replaced atomically at each commit.  It lives outside the HDF5 file so that a
+commit never rewrites HDF5 metadata.  ``<file>.journal``: the rollback journal
+between a write and the next commit.  ``<file>.lock``: the writer lock, holding
+the writer's pid.
 
 Readers find parameters by their ``oocnet_key`` attribute, not by path, so a
 dataset moved or renamed with another tool stays readable.  Every field above
@@ -46,15 +57,18 @@ saying what was expected and what was found.
 
 Writing protocol
 ----------------
-Rows are written in place.  :meth:`HDF5Store.flush` records the checksum of
-every dataset written since the previous flush, flushes HDF5's buffers and
-fsyncs the file.  HDF5 offers no atomic update: a crash between flushes can
-leave the rows written since the last flush partly applied, and a crash while
-HDF5 writes its own metadata (creating or deleting a parameter) can damage the
-file.  Deleting a parameter unlinks its dataset; HDF5 does not return the space
-to the file system (``h5repack`` does).  One writer at a time: HDF5 locks the
-file against other processes, and a second writable store on the same file in
-the same process is refused.
+Rows are written in place, each first journaled (old bytes appended to
+``<file>.journal`` and fsynced).  A commit flushes HDF5's buffers, fsyncs the
+file, records the datasets' checksums and the step in the sidecar, then
+deletes the journal; opening rolls a leftover journal back.  Because datasets
+are allocated early and carry no timestamps, training writes only raw chunk
+bytes, so a crash between commits cannot damage the file's structure -- the
+kill tests (tests/test_durability.py) check this.  Creating or deleting a
+parameter does write HDF5 metadata: a crash *during* that can still damage
+the file (the model creates parameters once, and commits right after).
+Deleting a parameter unlinks its dataset; HDF5 does not return the space to
+the file system (``h5repack`` does).  One writer at a time (the lock file);
+HDF5's own file locking is off because it would also lock readers out.
 
 Memory
 ------

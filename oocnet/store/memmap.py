@@ -17,8 +17,11 @@ A store is a folder holding ``manifest.json`` and the shard files::
         dense_0%2FW.00001.npy
         dense_0%2Fb.00000.npy
 
-Nothing else is read; other files (for instance ``manifest.json.tmp`` left by
-a crash, or shards of a deleted parameter) are ignored.
+Beside them: ``lock`` (the writer lock, holding the writer's pid) and, between
+a write and the next commit, ``journal`` (the rollback journal,
+:mod:`oocnet.store.journal`).  Nothing else is read; other files (for
+instance ``manifest.json.tmp`` left by a crash, or shards of a deleted
+parameter) are ignored.
 
 ``manifest.json``
 -----------------
@@ -28,6 +31,14 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
     {
       "format": "oocnet-memmap",        # str, exactly this
       "version": 1,                      # int; a reader refuses a larger version
+      "commit": {                        # the last commit (oocnet.store.durable)
+        "generation": 3,                 # int >= 0, +1 per commit; 0 = created, nothing committed
+        "step": 1200,                    # int: the training step committed
+        "metadata": {...},               # object: the user's metadata
+        "time": "2026-11-26T23:00:00+00:00",   # str (UTC) or null
+        "checksums": {"dense_0/W": [12345678901234567890, ...]},   # per key, one u64 per shard
+        "stamps": {"dense_0%2FW.00000.npy": [size, mtime_ns]}        # files as committed
+      },                                 # absent in manifests written before commits: adopted
       "params": {                        # object: parameter key -> entry
         "dense_0/W": {
           "shape": [128, 64],            # list of >= 1 positive ints; axis 0 = rows
@@ -35,10 +46,9 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
           "shards": [                    # non-empty list, in row order
             {"file": "dense_0%2FW.00000.npy",   # file name in the folder (no directory
                                                 # part), ends in ".npy", unique in the store
-             "start": 0, "stop": 128,           # ints: the shard holds rows [start, stop)
-             "crc32": 2768625435}               # zlib.crc32 of the shard's data bytes
-          ]                                     # (header excluded) at the last flush, an
-        }                                       # int in [0, 2**32), or null = not recorded
+             "start": 0, "stop": 128}           # ints: the shard holds rows [start, stop)
+          ]
+        }
       }
     }
 
@@ -89,12 +99,16 @@ Writing protocol
 * Creating a parameter writes and fsyncs its shard files first, then the
   manifest; deleting one rewrites the manifest first, then unlinks the files.
   A crash in between leaves only unreferenced files, which are ignored.
-* Row writes go in place with ``pwrite``.  :meth:`MemmapStore.flush` fsyncs the
-  shards written since the last flush, records their new ``crc32`` and rewrites
-  the manifest.  Between flushes the recorded checksum of a written shard is
-  stale; :meth:`MemmapStore.verify` compares after flushing.
-* One writer at a time: a writable store holds an exclusive ``flock`` on the
-  folder (Linux/BSD/macOS); read-only opens take no lock.
+* Row writes go in place with ``pwrite``, each journaled first; a commit
+  fsyncs the shards written, updates ``commit.checksums`` from the changed rows
+  and replaces the manifest -- the commit point (see :mod:`oocnet.store.durable`
+  for the whole protocol and why its order is safe).  A parameter in
+  ``params`` but not in ``commit.checksums`` was created after the last commit
+  and is dropped when the store is opened.
+* A shard's checksum is the sum mod 2**64 of per-row hashes
+  (:mod:`oocnet.store.checksum`) over its data rows.
+* One writer at a time: a writable store holds an exclusive ``flock`` on
+  ``lock``; read-only opens take no lock.
 
 Why pread, not mmap
 -------------------
