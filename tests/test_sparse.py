@@ -271,3 +271,21 @@ def test_no_vocabulary_sized_work_in_a_step(opt):
     W = store._arrays["embedding_0/W"]
     touched = np.unique(np.concatenate([np.concatenate(b) for b in batches]))
     assert np.count_nonzero(np.any(W != 0, axis=1)) <= touched.size
+
+
+@pytest.mark.parametrize("budget", [12000, 14000, 16000])
+def test_row_cache_filling_mid_batch_equals_ram(budget, tmp_path):
+    """Regression: when the row cache filled up in the middle of a batch, CLOCK could hand out a
+    slot it had just given to another row (two rows in one slot)."""
+    ram, disk = (oc.Sequential([oc.Embedding(V, D), oc.Dense(D, K)], store=s, budget=b, seed=1, dtype="float64")
+                 for s, b in ((None, None), (make_store("memmap", tmp_path), budget)))
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        X = random_bags(rng, n=10, max_len=8)
+        y = rng.integers(0, K, size=X.shape[0])
+        assert disk.train_step(X, y, oc.SoftmaxCrossEntropy(), oc.SGD(0.1)) == ram.train_step(
+            X, y, oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
+    capacity = disk.pager._row_caches["embedding_0/W"].capacity
+    assert 64 <= capacity < V  # the cache filled and evicted during the run
+    for k, v in ram.state_dict().items():
+        np.testing.assert_array_equal(disk.state_dict()[k], v)

@@ -74,6 +74,7 @@ class RowCache:
             return fresh
         guard = np.zeros(self.capacity, dtype=bool)
         guard[protect] = True
+        guard[fresh] = True  # just handed out above: never a victim too (one slot for two rows)
         chosen: list[np.ndarray] = []
         # At most two laps: the first clears reference bits, the second finds them clear.
         window = max(need * 2, 1024)
