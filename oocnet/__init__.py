@@ -12,11 +12,20 @@ and are paged into RAM one row tile at a time under a byte budget::
     loss = model.train_step(X, y, oc.HalfSquaredError(), oc.SGD(lr=0.015))
 """
 
-from . import errors
+from . import compress, errors
 from .activations import Activation, get_activation
 from .errors import OocnetError
-from .layers import Dense, Embedding, Layer
-from .losses import CustomLoss, HalfSquaredError, Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
+from .layers import Dense, Embedding, Output, FactorizedDense, FactorizedEmbedding, Layer
+from .losses import (
+    CustomLoss,
+    HalfSquaredError,
+    Loss,
+    NegativeSampling,
+    SampledSoftmax,
+    SoftmaxCrossEntropy,
+    SoftmaxMarginHinge,
+)
+from .sampling import UnigramSampler
 from .model import Sequential
 from .optim import SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
 from .paging import Pager
@@ -31,8 +40,14 @@ __all__ = [
     "CustomLoss",
     "Dense",
     "Embedding",
+    "FactorizedDense",
+    "FactorizedEmbedding",
     "HalfSquaredError",
     "Layer",
+    "NegativeSampling",
+    "Output",
+    "SampledSoftmax",
+    "UnigramSampler",
     "Loss",
     "OocnetError",
     "Optimizer",
@@ -43,6 +58,7 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "SoftmaxMarginHinge",
     "Store",
+    "compress",
     "errors",
     "get_activation",
     "open_store",

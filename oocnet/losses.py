@@ -253,6 +253,70 @@ class CustomLoss(Loss):
         return f"CustomLoss(name={self.name!r})"
 
 
+class _SampledLoss(Loss):
+    """Base of losses over sampled candidates: only an :class:`~oocnet.Output` layer can compute them."""
+
+    targets = "labels"
+    sampled = True
+
+    def __init__(self, sampler, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        from .sampling import UnigramSampler
+
+        if not isinstance(sampler, UnigramSampler):
+            raise ConfigError(f"sampler must be an oocnet.UnigramSampler, got {type(sampler).__name__}.")
+        self.sampler = sampler
+
+    def _value(self, z, y):
+        raise ConfigError(f"{type(self).__name__} needs an oc.Output layer as the model's last layer.")
+
+    _delta = _value
+
+
+class SampledSoftmax(_SampledLoss):
+    """Sampled softmax cross-entropy with the log-Q correction (training only; see :mod:`oocnet.sampling`).
+
+    Each step draws ``n_samples`` classes from ``sampler`` (shared by the batch);
+    only the true and sampled classes' rows of the output layer are read and
+    updated.  ``model.evaluate`` and ``predict`` use the exact (streamed) softmax.
+
+    Parameters
+    ----------
+    n_samples : int
+        Classes drawn per step.
+    sampler : UnigramSampler
+        The proposal Q.
+    """
+
+    name = "sampled_softmax"
+
+    def __init__(self, n_samples: int, sampler, reduction: str = "sum") -> None:
+        super().__init__(sampler, reduction)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        self.n_samples = int(n_samples)
+
+
+class NegativeSampling(_SampledLoss):
+    """word2vec's negative-sampling objective (training only; see :mod:`oocnet.sampling`).
+
+    Parameters
+    ----------
+    k : int
+        Negatives drawn per example.
+    sampler : UnigramSampler
+        Q, typically ``UnigramSampler(counts, power=0.75)``.
+    """
+
+    name = "negative_sampling"
+
+    def __init__(self, k: int, sampler, reduction: str = "sum") -> None:
+        super().__init__(sampler, reduction)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}.")
+        self.k = int(k)
+
+
 LOSSES: dict[str, type[Loss]] = {
     c.name: c for c in (HalfSquaredError, SoftmaxCrossEntropy, SoftmaxMarginHinge)
 }
@@ -273,6 +337,8 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "SoftmaxMarginHinge",
     "CustomLoss",
+    "SampledSoftmax",
+    "NegativeSampling",
     "LOSSES",
     "get_loss",
     "softmax",

@@ -24,11 +24,14 @@ from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
 from .optim.base import Optimizer
 from .paging import Pager, format_bytes, parse_bytes
+from .phases import phase as _phase  # profiler marks (no-ops unless profiling)
 from .sparse import SparseBatch
 from .store import MemoryStore, Store, open_store
 from .store.base import ParamInfo, validate_dtype
 
 _MODEL_DTYPES = ("float32", "float64")
+#: Below this many rows a row cache is not worth its bookkeeping.
+_MIN_CACHE_ROWS = 64
 
 
 class Sequential:
@@ -108,7 +111,11 @@ class Sequential:
             if layer.name in names:
                 raise ConfigError(f"layer names must be unique; {layer.name!r} is used twice.")
             names.add(layer.name)
-            if i > 0 and any(spec.sparse for spec in layer.params()):
+            fused_last = i == len(layers) - 1 and getattr(layer, "fuses_loss", False)
+            if getattr(layer, "fuses_loss", False) and not fused_last:
+                raise ConfigError(f"{layer.describe()} computes the loss, so it must be the last layer; it is "
+                                  f"layers[{i}] of {len(layers)}.")
+            if i > 0 and not fused_last and any(spec.sparse for spec in layer.params()):
                 raise ConfigError(f"{layer.describe()} takes sparse input, so it must be the first layer; it is "
                                   f"layers[{i}].")
         for below, above in zip(layers, layers[1:]):
@@ -262,7 +269,10 @@ class Sequential:
                 if k.startswith(key + ":") and k not in group:
                     self.pager.disable_row_cache(k)
             for k in group:
-                self.pager.enable_row_cache(k, capacity)
+                if capacity < _MIN_CACHE_ROWS:  # a budget this small reads rows straight from the store
+                    self.pager.disable_row_cache(k)
+                else:
+                    self.pager.enable_row_cache(k, capacity)
         self._row_cache_sig = sig
 
     def _ensure_state(self, opt: Optimizer) -> dict[str, list[str]]:
@@ -323,9 +333,17 @@ class Sequential:
             return x, None
         return x, loss.check_targets(y, self.layers[-1].n_out, n, self.dtype)
 
-    @staticmethod
-    def _check_loss(loss) -> Loss:
-        return get_loss(loss)
+    def _check_loss(self, loss) -> Loss:
+        loss = get_loss(loss)
+        out = self.layers[-1]
+        if getattr(loss, "sampled", False):
+            if not getattr(out, "fuses_loss", False):
+                raise ConfigError(f"{type(loss).__name__} needs an oc.Output layer as the model's last layer, "
+                                  f"got {out.describe()}.")
+            if loss.sampler.n_classes != out.n_out:
+                raise ConfigError(f"the sampler draws from {loss.sampler.n_classes} classes but {out.describe()} "
+                                  f"has {out.n_out}.")
+        return loss
 
     @staticmethod
     def _check_opt(opt) -> Optimizer:
@@ -334,13 +352,14 @@ class Sequential:
         return opt
 
     # -- passes ----------------------------------------------------------------------------
-    def _forward(self, x, tiles, trace=None, training=False):
+    def _forward(self, x, tiles, trace=None, training=False, upto: int | None = None):
         self.pager.set_plan(self._plan(tiles))
         s_list, z_list = [], []
         inp = x
-        for layer in self.layers:
-            s = layer.forward(self._access(layer, tiles, training=training), inp)
-            z = layer.activation.forward(s)
+        for layer in self.layers[:upto]:
+            with _phase("forward", layer.name):
+                s = layer.forward(self._access(layer, tiles, training=training), inp)
+                z = layer.activation.forward(s)
             s_list.append(s)
             z_list.append(z)
             inp = z
@@ -348,17 +367,20 @@ class Sequential:
             trace["s"], trace["z"] = s_list, z_list
         return s_list, z_list
 
-    def _backward(self, x, s_list, z_list, delta, tiles, opt=None, suffixes=None, record=None, trace=None):
+    def _backward(self, x, s_list, z_list, delta, tiles, opt=None, suffixes=None, record=None, trace=None,
+                  top: int | None = None):
         self.pager.set_plan(self._plan(tiles, suffixes, backward=True))
         deltas: list[Any] = [None] * len(self.layers)
-        for i in range(len(self.layers) - 1, -1, -1):
+        top = len(self.layers) - 1 if top is None else top
+        for i in range(top, -1, -1):
             layer = self.layers[i]
             deltas[i] = delta
             inp = z_list[i - 1] if i > 0 else x
-            dx = layer.backward(self._access(layer, tiles, opt, suffixes, record), inp, delta, need_dx=i > 0)
-            if i > 0:
-                below = self.layers[i - 1]
-                delta = dx * below.activation.grad(s_list[i - 1], z_list[i - 1])
+            with _phase("backward", layer.name):
+                dx = layer.backward(self._access(layer, tiles, opt, suffixes, record), inp, delta, need_dx=i > 0)
+                if i > 0:
+                    below = self.layers[i - 1]
+                    delta = dx * below.activation.grad(s_list[i - 1], z_list[i - 1])
         if trace is not None:
             trace["delta"] = deltas
 
@@ -401,16 +423,42 @@ class Sequential:
         suffixes = self._ensure_state(opt)
         self._configure_row_caches(opt)
         try:
-            s_list, z_list = self._forward(x, tiles, trace, training=True)
-            value, delta = self._loss_and_delta(s_list, z_list, y, loss)
-            self._broken = True  # until the backward pass completes, the step is half-applied
-            self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+            if self._fuses(loss):
+                value = self._fused_step(x, y, loss, tiles, opt, suffixes, trace=trace)
+            else:
+                s_list, z_list = self._forward(x, tiles, trace, training=True)
+                value, delta = self._loss_and_delta(s_list, z_list, y, loss)
+                self._broken = True  # until the backward pass completes, the step is half-applied
+                self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
             self._broken = False
         finally:
             self._release_held(x)
         self.step += 1
         if self.commit_every is not None and self.step % self.commit_every == 0:
             self.commit()
+        return value
+
+    def _fuses(self, loss: Loss) -> bool:
+        """Whether the last layer computes ``loss`` itself (a large output streamed or sampled)."""
+        out = self.layers[-1]
+        return getattr(out, "fuses_loss", False) and out.supports(loss)
+
+    def _fused_step(self, x, y, loss, tiles, opt=None, suffixes=None, record=None, trace=None, train=True):
+        """Forward to the last layer's input, let it compute (and with ``train`` apply) the loss, then backward."""
+        top = len(self.layers) - 1
+        s_list, z_list = self._forward(x, tiles, trace, training=train, upto=top)
+        inp = z_list[-1] if top > 0 else x
+        out = self.layers[-1]
+        access = self._access(out, tiles, opt, suffixes, record, training=train)
+        if train:
+            self._broken = True  # the output layer updates as it goes
+        value, dx = out.fused(access, inp, y, loss, train=train)
+        if not np.isfinite(value):
+            raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
+        if train and top > 0:
+            below = self.layers[top - 1]
+            delta = dx * below.activation.grad(s_list[-1], z_list[-1])
+            self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, record=record, trace=trace, top=top - 1)
         return value
 
     def _inference_caches(self) -> None:
@@ -451,9 +499,13 @@ class Sequential:
         self._inference_caches()
         record = {k: np.zeros(i.shape, dtype=self.dtype) for k, i in self._param_infos.items()}
         try:
-            s_list, z_list = self._forward(x, tiles, training=True)
-            _, delta = self._loss_and_delta(s_list, z_list, y, loss)
-            self._backward(x, s_list, z_list, delta, tiles, record=record)
+            if self._fuses(loss):
+                self._fused_step(x, y, loss, tiles, record=record)
+                self._broken = False  # recording changes nothing
+            else:
+                s_list, z_list = self._forward(x, tiles, training=True)
+                _, delta = self._loss_and_delta(s_list, z_list, y, loss)
+                self._backward(x, s_list, z_list, delta, tiles, record=record)
         finally:
             self._release_held(x)
         return record
@@ -473,6 +525,8 @@ class Sequential:
         tiles = self._tiles(None)
         self._check_sparse_batch_fits(x, None)
         self._inference_caches()
+        if self._fuses(loss):
+            return self._fused_step(x, y, loss, tiles, train=False)  # exact, streamed, even for sampled losses
         s_list, z_list = self._forward(x, tiles)
         return loss.value(z_list[-1], y)
 
@@ -559,8 +613,9 @@ class Sequential:
                 f"Close the model and reopen the store: it rolls back to the last commit "
                 f"(step {self.store.last_commit['step']})."
             )
-        self.pager.flush()
-        return self.store.commit(step=self.step, metadata=metadata)
+        with _phase("commit", None):
+            self.pager.flush()
+            return self.store.commit(step=self.step, metadata=metadata)
 
     @property
     def last_commit(self) -> dict:
@@ -576,7 +631,8 @@ class Sequential:
                 failed = self.store.failed
                 self.pager.close(flush=not failed)
                 if not self.store.read_only and self.store.has_uncommitted() and not failed:
-                    self.store.commit(step=self.step)
+                    with _phase("commit", None):
+                        self.store.commit(step=self.step)
         finally:
             if self._owns_store:
                 self.store.close()

@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 
 from ..errors import ConfigError
+from ..phases import phase as _phase
 
 
 class Optimizer:
@@ -45,15 +46,16 @@ class Optimizer:
 
         ``grad`` is the batch-summed gradient of these rows; it may be overwritten.
         """
-        n = param.shape[0]
-        per_row = max(1, param.size // max(1, n))
-        step = max(1, self.chunk_elements // per_row)
-        if step >= n:
-            self._update(param, grad, state)
-            return
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            self._update(param[a:b], grad[a:b], {k: v[a:b] for k, v in state.items()})
+        with _phase("update"):  # a profiler mark, in the layer being updated
+            n = param.shape[0]
+            per_row = max(1, param.size // max(1, n))
+            step = max(1, self.chunk_elements // per_row)
+            if step >= n:
+                self._update(param, grad, state)
+                return
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                self._update(param[a:b], grad[a:b], {k: v[a:b] for k, v in state.items()})
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
         """The rule on one chunk of rows (in place)."""

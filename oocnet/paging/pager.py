@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import BudgetError, ConfigError, OocnetError
+from ..phases import phase as _phase, track_pager as _track_pager  # profiler marks (no-ops unless profiling)
 from ..store.base import Store
 from .rowcache import RowCache
 
@@ -170,6 +171,7 @@ class Pager:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="oocnet-prefetch") if (
             prefetch and not store.zero_copy) else None
         self._closed = False
+        _track_pager(self)
 
     # -- accounting ----------------------------------------------------------------
     @property
@@ -223,7 +225,8 @@ class Pager:
 
     def _write_back(self, e: _Entry) -> None:
         t0 = time.perf_counter()
-        self.store.write_rows(e.key, e.start, e.array)
+        with _phase("write-back"):
+            self.store.write_rows(e.key, e.start, e.array)
         self.stats.io_wait_seconds += time.perf_counter() - t0
         self.stats.bytes_written += e.nbytes
         e.dirty = False
@@ -338,7 +341,8 @@ class Pager:
         t0 = time.perf_counter()
         self._lock.release()
         try:
-            fut.exception()  # wait without raising here
+            with _phase("load"):
+                fut.exception()  # wait without raising here
         finally:
             self._lock.acquire()
         self.stats.io_wait_seconds += time.perf_counter() - t0
@@ -359,6 +363,12 @@ class Pager:
             return self.store.view_rows(key, start, stop)
         bid = (key, start, stop)
         with self._lock:
+            cache = self._row_caches.get(key)
+            if cache is not None and cache.used:
+                # Rows of this key are read by range now (an exact pass over an output layer):
+                # the cache's dirty rows go to the store first, and it forgets them, so range
+                # blocks and cached rows never disagree.
+                self._sync_cache_stats(cache, cache.clear)
             e = self._cache.get(bid)
             if e is not None and e.future is not None:
                 try:
@@ -383,7 +393,8 @@ class Pager:
                 self._cache[bid] = e
                 t0 = time.perf_counter()
                 try:
-                    self.store.read_rows(key, start, stop, out=e.array)
+                    with _phase("load"):
+                        self.store.read_rows(key, start, stop, out=e.array)
                 except BaseException:
                     e.pins -= 1
                     self._drop(e, keep_buffer=True)
@@ -514,18 +525,24 @@ class Pager:
                 if cache is not None and not cache.fits(len(rows)):
                     cache.clear()  # a batch larger than the cache goes straight to the store
                     cache = None
+                # Cached row ranges may hold newer values than the store: write them back first
+                # (and with a row cache, drop them: the cache owns these rows from now on).
+                for e in list(self._cache.values()):
+                    if e.key == key and e.array is not None and e.future is None:
+                        if e.dirty:
+                            self._write_back(e)
+                        if cache is not None and not e.pins:
+                            self._drop(e, keep_buffer=True)
                 if cache is not None:
-                    return self._sync_cache_stats(cache, lambda: cache.gather(rows))
-                # Cached row ranges may hold newer values than the store: write them back first.
-                for e in self._cache.values():
-                    if e.key == key and e.dirty and e.array is not None:
-                        self._write_back(e)
+                    with _phase("load"):
+                        return self._sync_cache_stats(cache, lambda: cache.gather(rows))
             except BaseException:
                 self._resident -= 0 if self.store.zero_copy else nbytes
                 raise
         t0 = time.perf_counter()
         try:
-            out = self.store.read_index(key, rows)
+            with _phase("load"):
+                out = self.store.read_index(key, rows)
         except BaseException:
             self.release(key, rows)
             raise
@@ -545,7 +562,8 @@ class Pager:
                     cache.scatter(rows, values)
                     return
             t0 = time.perf_counter()
-            self.store.write_index(key, rows, values)
+            with _phase("write-back"):
+                self.store.write_index(key, rows, values)
             with self._lock:
                 if not self.store.zero_copy:
                     self.stats.io_wait_seconds += time.perf_counter() - t0
@@ -577,7 +595,8 @@ class Pager:
                 if e.dirty and e.array is not None:
                     self._write_back(e)
             for cache in self._row_caches.values():
-                self._sync_cache_stats(cache, cache.flush)
+                with _phase("write-back"):
+                    self._sync_cache_stats(cache, cache.flush)
         self.store.flush()
 
     def invalidate(self, key: str | None = None) -> None:
