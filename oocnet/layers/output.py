@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..init import check_init
 from ..losses import Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
-from ..sampling import negative_sampling, sampled_softmax
+from ..sampling import negative_sampling, sampled_softmax, segment_sum
 from .base import Layer, ParamSpec
 
 #: Logits are formed in chunks of at most about this many bytes.
@@ -241,10 +241,7 @@ class Output(Layer):
     def _sampled(self, access, x, y, loss):
         n = x.shape[0]
         scale = 1.0 / n if loss.reduction == "mean" else 1.0
-        sampler = loss.sampler
-        if sampler.n_classes != self.n_out:
-            raise ConfigError(f"the sampler draws from {sampler.n_classes} classes but {self.describe()} has "
-                              f"{self.n_out}.")
+        sampler = loss.sampler  # its size was checked against n_classes before the step began
         if hasattr(loss, "n_samples"):
             drawn = sampler.sample(loss.n_samples)
             cand = np.unique(np.concatenate([y, drawn]))
@@ -256,24 +253,20 @@ class Output(Layer):
         try:
             yi = np.searchsorted(cand, y)
             b_of = (lambda idx: bv[idx]) if bv is not None else (lambda idx: np.zeros(np.shape(idx), x.dtype))
-            gW = np.zeros_like(W)
-            gb = np.zeros(cand.size, dtype=x.dtype)
             if hasattr(loss, "n_samples"):
                 si = np.searchsorted(cand, drawn)
                 logq_s = np.log(loss.n_samples * sampler.probability(drawn))
                 logq_y = np.zeros(n)  # the true class is a candidate with certainty: no correction
                 hits = drawn[None, :] == y[:, None]
-                value, dz, dW_y, db_y, dW_s, db_s = sampled_softmax(
+                value, dz, dW_y, db_y, dW_o, db_o = sampled_softmax(
                     x, W[yi], b_of(yi), W[si], b_of(si), logq_y, logq_s, hits)
-                np.add.at(gW, si, dW_s)
-                np.add.at(gb, si, db_s)
+                others = si
             else:
-                ni = np.searchsorted(cand, drawn)
-                value, dz, dW_y, db_y, dW_n, db_n = negative_sampling(x, W[yi], b_of(yi), W[ni], b_of(ni))
-                np.add.at(gW, ni.reshape(-1), dW_n.reshape(-1, self.n_in))
-                np.add.at(gb, ni.reshape(-1), db_n.reshape(-1))
-            np.add.at(gW, yi, dW_y)
-            np.add.at(gb, yi, db_y)
+                others = np.searchsorted(cand, drawn)
+                value, dz, dW_y, db_y, dW_o, db_o = negative_sampling(x, W[yi], b_of(yi), W[others], b_of(others))
+            idx = np.concatenate([yi, others.reshape(-1)])
+            gW = segment_sum(idx, np.concatenate([dW_y, dW_o.reshape(-1, self.n_in)]), cand.size)
+            gb = segment_sum(idx, np.concatenate([db_y, db_o.reshape(-1)]), cand.size)
         except BaseException:
             access.release("W", cand)
             if self.bias:
