@@ -91,7 +91,7 @@ def main() -> None:
         hs.flush()
         ms.flush()
         print(f"# setup: two {N_ROWS} x {WIDTH} float32 parameters written in {time.perf_counter() - t0:.1f} s")
-        f = h5py.File(h5_path, "r")  # a second, read-only handle for the raw h5py methods
+        f = h5py.File(h5_path, "r", locking=False)  # a second, read-only handle for the raw h5py methods
         ds = f[hs.dataset_path("W")]
         files = [h5_path, *ms.shard_files("W")]
 

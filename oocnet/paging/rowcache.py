@@ -107,8 +107,13 @@ class RowCache:
         if slots.size:
             rows = self.row_of_slot[slots]
             order = np.argsort(rows, kind="stable")
-            self.store.write_index(self.key, rows[order], self.data[slots[order]])
-            self.dirty[slots] = False
+            rows, slots = rows[order], slots[order]
+            # In pieces of ~4 MiB: a commit writes back every dirty row, and one gathered copy
+            # of them all would be a memory spike outside the budget.
+            step = max(1, (4 << 20) // max(1, self.data[0].nbytes))
+            for a in range(0, slots.size, step):
+                self.store.write_index(self.key, rows[a : a + step], self.data[slots[a : a + step]])
+                self.dirty[slots[a : a + step]] = False
             self.bytes_written += slots.size * self.data[0].nbytes
 
     def slots(self, rows: np.ndarray, load: bool = True) -> np.ndarray:
