@@ -73,6 +73,105 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
 
 
+def _print_json(obj, path: str | None = None) -> None:
+    import json
+
+    from .run import jsonable
+
+    text = json.dumps(jsonable(obj), indent=2)
+    if path is None or path == "-":
+        print(text)
+    else:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import config, run
+
+    spec = config.load_config(args.config)
+    summary = run.train(spec, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(run.format_train(summary))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import config, run
+
+    spec = config.load_config(args.config)
+    result = run.evaluate(spec, data=args.data, labels=args.labels, top_k=args.top_k, progress=not args.no_progress)
+    if args.json:
+        _print_json(result)
+    else:
+        print(run.format_eval(result))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from . import run
+
+    info = run.inspect_store(args.store, verify=args.verify)
+    if args.json:
+        _print_json(info)
+    else:
+        print(run.format_inspect(info))
+    return 0 if info.get("verify", {}).get("ok", True) else 1
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from . import profile
+    from .errors import ConfigError
+    from .paging import parse_bytes
+
+    budget = parse_bytes(args.budget) if args.budget else None
+    allowance = parse_bytes(args.allowance)
+    if allowance is None:
+        raise ConfigError(f"--allowance must be a byte count such as 100MiB, got {args.allowance!r}.")
+    command = getattr(args, "command_argv", None)
+    if command is not None and args.config:
+        raise ConfigError(f"give either CONFIG or -- COMMAND, not both (got {args.config!r} and {command!r}).")
+    if command is None and not args.config:
+        raise ConfigError("expected CONFIG.toml (profiles oocnet train CONFIG) or -- COMMAND (e.g. -- python "
+                          "script.py).")
+    if command is not None:
+        report = profile.profile_command(command, interval=args.interval, trace_malloc=not args.no_tracemalloc,
+                                         instrument=not args.no_instrument)
+    else:
+        from . import config, run
+
+        spec = config.load_config(args.config)
+        report = run.profile_train(spec, resume=args.resume, overwrite=args.overwrite, interval=args.interval,
+                                   trace_malloc=not args.no_tracemalloc, progress=not args.no_progress)
+    if budget is not None:
+        profile.check_budget(report, budget, allowance)
+    # With --json - the JSON is what stdout carries; the table goes to stderr.
+    print(profile.format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json:
+        _print_json(report, args.json)
+    if args.plot:
+        profile.plot_timeline(report, args.plot)
+        print(f"plot      {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+    rc = report.get("returncode") or 0
+    if budget is not None and not report["budget"]["ok"]:
+        return rc or 1
+    return rc
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    summary = demo.run_demo(args.dir, vocab=args.vocab, budget=args.budget, n_train=args.train, n_test=args.test,
+                            words=args.words, fresh=args.fresh, seed=args.seed, progress=not args.no_progress)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(demo.format_demo(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oocnet`` command."""
     from . import __version__
@@ -120,13 +219,100 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", action="store_true", help="delete PARAM (and its optimizer state) afterwards")
     p.add_argument("--eval", metavar="DATA", help="an .npz with X and y: loss and accuracy before and after")
     p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser(
+        "demo", help="the main job: train a 10^6-word bag-of-words classifier out of core under 256 MiB",
+        description=("Generate a bag-of-words task over V words (Zipfian, with a planted class signal; real words "
+                     "from wordfreq when installed), train Embedding(V, 128, tanh) -> Dense(128, 16) in a memmap "
+                     "store under the budget, and report held-out accuracy against the majority class, peak memory "
+                     "against the budget and the parameters' bytes on disk. A second run reuses the data and "
+                     "trains the store one more epoch (--fresh starts over)."))
+    p.add_argument("--dir", default="oocnet-demo", help="folder for the data, config and store (default ./oocnet-demo)")
+    p.add_argument("--vocab", type=int, default=10**6, help="V, the number of words (default 1000000)")
+    p.add_argument("--budget", default="256MiB", help="bytes of parameters in RAM at once (default 256MiB)")
+    p.add_argument("--train", type=int, default=500_000, help="training examples (default 500000)")
+    p.add_argument("--test", type=int, default=50_000, help="held-out examples (default 50000)")
+    p.add_argument("--words", choices=["auto", "zipf", "wordfreq"], default="auto",
+                   help="word frequencies: wordfreq's real words (auto: when installed) or Zipf(1.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the model (default 0)")
+    p.add_argument("--fresh", action="store_true", help="delete the store and start training over (data is kept)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "train", help="train the model a TOML config describes, on streamed data",
+        description=("Train from CONFIG.toml (model, loss, optimizer, store, budget, batch size, epochs, "
+                     "commit_every, seed, data; see the README's 'The command line'). A progress bar shows "
+                     "examples/s, loss and resident MiB; a summary follows."))
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--resume", action="store_true", help="continue from the store's last commit")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store first and start over")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary (loss, accuracy, examples/s, peak RSS, bytes read/written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="loss, accuracy and top-k of a trained model on held-out data",
+                       description="Evaluate the model in CONFIG's store on data.test (or --data), read-only.")
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--data", metavar="PATH", help="data to evaluate on (default: data.test of the config)")
+    p.add_argument("--labels", metavar="PATH", help="a labels .npy for --data in .npy (or CSR .npz without y)")
+    p.add_argument("--top-k", type=int, default=None, help="k of the top-k accuracy (default: evaluate.top_k, 5)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("inspect", help="what a store holds: parameters, last commit, journal and lock",
+                       description="Describe STORE (read-only): parameters with shapes, dtypes and bytes; the last "
+                                   "commit and its metadata; the journal and the writer lock.")
+    p.add_argument("store", metavar="STORE", help="a memmap store folder or an .h5 file")
+    p.add_argument("--verify", action="store_true", help="also recompute every checksum (reads the whole store)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "profile", help="memory profile of oocnet train CONFIG, or of any command (-- python script.py)",
+        usage="oocnet profile [options] CONFIG.toml\n       oocnet profile [options] -- COMMAND [ARGS ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Sample RSS every 10 ms, split into anonymous and file-backed memory (and USS), while\n"
+            "  CONFIG.toml      oocnet train runs in this process: phases (load, forward, backward, update,\n"
+            "                   write-back, commit, ...), layers, tracemalloc peaks per phase, pager counters;\n"
+            "  -- COMMAND       a child process runs; a Python script (python x.py, python -m mod, or a script\n"
+            "                   whose #! names Python, like oocnet) reports the same from inside the child;\n"
+            "                   other commands get the memory timeline only.\n"
+            "Prints a table (peak per phase and per layer, budget vs peak, IO bytes and seconds) and a timeline."),
+        epilog=(
+            "--budget B exits with status 1 when peak anonymous RSS (less tracemalloc's own bookkeeping) passes\n"
+            "B + the baseline (RSS after imports, before the model) + --allowance (default 100MiB). Mapped file\n"
+            "pages count in RSS but not against the budget."))
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help=argparse.SUPPRESS)
+    p.add_argument("--json", metavar="PATH", help="write the report (with the timeline) as JSON ('-': stdout)")
+    p.add_argument("--plot", metavar="PATH.png", help="draw the timeline with phase bands (needs matplotlib)")
+    p.add_argument("--budget", help="exit 1 if peak memory passes BUDGET + baseline + allowance")
+    p.add_argument("--allowance", default="100MiB", help="slack over budget + baseline (default 100MiB)")
+    p.add_argument("--interval", type=float, default=0.01, help="seconds between samples (default 0.01)")
+    p.add_argument("--no-tracemalloc", action="store_true", help="do not trace allocations (faster)")
+    p.add_argument("--no-instrument", action="store_true", help="-- COMMAND: sample from outside only")
+    p.add_argument("--resume", action="store_true", help="CONFIG: continue from the store's last commit")
+    p.add_argument("--overwrite", action="store_true", help="CONFIG: delete an existing store first")
+    p.add_argument("--no-progress", action="store_true", help="CONFIG: no progress bar")
+    p.set_defaults(func=_cmd_profile)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``oocnet`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if argv[:1] == ["profile"] and "--" in argv:  # oocnet profile [options] -- COMMAND ...: the rest is the command
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if command is not None:
+        args.command_argv = command
     try:
         return args.func(args)
     except OocnetError as exc:

@@ -1,21 +1,58 @@
-"""Memory measurement: a psutil thread that samples RSS, split into anonymous and file-backed pages.
+"""Memory profiling: an RSS sampler thread, tracemalloc peaks per phase, phase and layer attribution, reports.
 
 Pages of a memory-mapped file count in a process's RSS, so RSS alone cannot tell
 a pager that keeps too much in RAM from one whose file pages merely sit
 mapped.  On Linux :func:`memory_now` reads ``RssAnon`` and ``RssFile`` from
-``/proc/<pid>/status`` beside psutil's RSS (and USS where it is cheap to get).
+``/proc/<pid>/status`` beside psutil's RSS; the profiler also takes USS
+(psutil's ``memory_full_info``, pages no other process shares) every tenth
+sample where the platform has it.  Budgets are checked against *anonymous*
+memory: file-backed pages (libraries, mapped files) can be dropped by the
+kernel at any time and are not what a budget governs.
+
+What :class:`Profiler` measures, in this process:
+
+* a daemon thread samples RSS, anonymous and file-backed memory every
+  ``interval`` seconds (default 10 ms), each sample tagged with the current
+  phase and layer (:mod:`oocnet.phases`);
+* at every phase switch, RSS and anonymous memory are read again (from
+  ``/proc/self/statm``: ~2 us), so phases shorter than the sampling interval
+  still get a peak, and with tracemalloc on, the peak of traced allocations
+  (Python objects and numpy buffers) since the last switch is attributed to
+  the phase that ends (``tracemalloc.reset_peak``);
+* the counters of every :class:`~oocnet.Pager` made while it runs (bytes read
+  and written, seconds waiting on IO).
+
+:func:`profile_command` runs any command as a child process and samples *its*
+memory from outside (psutil on the child's pid; ``/proc/<pid>/status``).  If
+the command is a Python script (``python script.py``, ``python -m mod``, or a
+script whose ``#!`` line names Python, such as the ``oocnet`` console script),
+the child is started through :mod:`oocnet._profchild`, which runs a
+:class:`Profiler` inside it and hands back phases, layers, tracemalloc peaks
+and pager counters; otherwise only the memory timeline is known.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import psutil
+
+from . import phases as _phases
+
+MiB = 2**20
 
 
 def _status_fields(pid: int) -> dict[str, int]:
@@ -46,13 +83,21 @@ def max_rss_self() -> int:
     return kb if sys.platform == "darwin" else kb * 1024
 
 
+def _uss(pid: int | None) -> int | None:
+    try:
+        return psutil.Process(pid).memory_full_info().uss
+    except (psutil.Error, AttributeError, OSError):
+        return None
+
+
 @dataclass
 class RssSampler:
     """Samples a process's memory every ``interval`` seconds in a daemon thread.
 
     Use as a context manager; afterwards ``peak`` holds the largest ``rss``,
-    ``anon`` and ``file`` seen (each maximised on its own) and ``samples`` the
-    timeline as ``(seconds since start, rss, anon, file, phase)`` tuples.
+    ``anon`` and ``file`` seen (each maximised on its own; ``uss`` too when
+    ``uss_every`` is set and the platform has it) and ``samples`` the timeline
+    as ``(seconds since start, rss, anon, file, label)`` tuples.
 
     Parameters
     ----------
@@ -60,18 +105,26 @@ class RssSampler:
         Seconds between samples (default 10 ms).
     pid : int, optional
         The process to watch (default: this one).
+    label : callable, optional
+        Called at each sample; its result is the sample's label (default: the
+        ``phase`` attribute).
+    uss_every : int
+        Also read USS every this many samples (0: never; it costs ~1 ms).
     """
 
     interval: float = 0.01
     pid: int | None = None
-    samples: list[tuple[float, int, int, int, str]] = field(default_factory=list)
+    samples: list[tuple] = field(default_factory=list)
     peak: dict[str, int] = field(default_factory=lambda: {"rss": 0, "anon": 0, "file": 0})
     phase: str = ""
+    label: Callable[[], object] | None = None
+    uss_every: int = 0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
+        self._n = 0
 
     def sample(self) -> dict[str, int]:
         """Take one sample now."""
@@ -79,7 +132,13 @@ class RssSampler:
         for k in ("rss", "anon", "file"):
             if m[k] > self.peak[k]:
                 self.peak[k] = m[k]
-        self.samples.append((time.perf_counter() - self._t0, m["rss"], m["anon"], m["file"], self.phase))
+        label = self.label() if self.label is not None else self.phase
+        self.samples.append((time.perf_counter() - self._t0, m["rss"], m["anon"], m["file"], label))
+        if self.uss_every and self._n % self.uss_every == 0:
+            u = _uss(self.pid)
+            if u is not None and u > self.peak.get("uss", 0):
+                self.peak["uss"] = u
+        self._n += 1
         return m
 
     def _run(self) -> None:
@@ -92,7 +151,10 @@ class RssSampler:
     def start(self) -> "RssSampler":
         """Start sampling."""
         self._t0 = time.perf_counter()
-        self.sample()
+        try:
+            self.sample()
+        except (psutil.Error, OSError):
+            pass
         self._thread = threading.Thread(target=self._run, name="oocnet-rss-sampler", daemon=True)
         self._thread.start()
         return self
@@ -114,4 +176,564 @@ class RssSampler:
         self.stop()
 
 
-__all__ = ["RssSampler", "memory_now", "max_rss_self"]
+class _Statm:
+    """RSS and anonymous RSS of this process from ``/proc/self/statm`` (resident - shared), ~2 us a read."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        try:
+            self.fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def read(self) -> tuple[int, int]:
+        if self.fd < 0:
+            m = memory_now()
+            return m["rss"], m["anon"]
+        parts = os.pread(self.fd, 128, 0).split()
+        resident, shared = int(parts[1]) * self.page, int(parts[2]) * self.page
+        return resident, resident - shared
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class PhaseRecorder:
+    """Listens to :mod:`oocnet.phases`: time, entries and memory peaks per ``(phase, layer)``.
+
+    Made and installed by :class:`Profiler`.
+    """
+
+    def __init__(self, trace_malloc: bool) -> None:
+        self.thread = threading.get_ident()
+        self.current: tuple[str, str | None] = ("setup", None)
+        self.stats: dict[tuple, list] = {}  # key -> [seconds, entries, peak rss, peak anon, peak traced]
+        self.pagers: list = []
+        self.trace_malloc = trace_malloc
+        self._statm = _Statm()
+        self._t = time.perf_counter()
+        self._entry(self.current)[1] += 1
+
+    def _entry(self, key) -> list:
+        st = self.stats.get(key)
+        if st is None:
+            st = self.stats[key] = [0.0, 0, 0, 0, 0]
+        return st
+
+    def _close_segment(self) -> None:
+        now = time.perf_counter()
+        st = self._entry(self.current)
+        st[0] += now - self._t
+        self._t = now
+        rss, anon = self._statm.read()
+        if rss > st[2]:
+            st[2] = rss
+        if anon > st[3]:
+            st[3] = anon
+        if self.trace_malloc and tracemalloc.is_tracing():
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            if peak > st[4]:
+                st[4] = peak
+
+    def enter(self, phase: str, layer):
+        prev = self.current
+        if layer == _phases.KEEP:
+            layer = prev[1]
+        self._close_segment()
+        self.current = (phase, layer)
+        self._entry(self.current)[1] += 1
+        return prev
+
+    def restore(self, prev) -> None:
+        self._close_segment()
+        self.current = prev
+
+    def track_pager(self, pager) -> None:
+        self.pagers.append(pager)
+
+    def finish(self) -> None:
+        self._close_segment()
+        self._statm.close()
+
+
+class Profiler:
+    """Profile this process's memory while code runs (see the module docstring).
+
+    ::
+
+        with Profiler() as prof:
+            ...                                   # e.g. oocnet.run.train(spec)
+        report = prof.report()
+
+    Parameters
+    ----------
+    interval : float
+        Seconds between RSS samples (default 10 ms).
+    trace_malloc : bool
+        Trace allocations with tracemalloc (peaks per phase; slows allocation-heavy
+        Python code, and its own bookkeeping is reported as ``tracemalloc.overhead``).
+    uss_every : int
+        Read USS every this many samples (0: never).
+    """
+
+    def __init__(self, interval: float = 0.01, trace_malloc: bool = True, uss_every: int = 10) -> None:
+        if not interval > 0:
+            from .errors import ConfigError
+
+            raise ConfigError(f"interval must be a positive number of seconds, got {interval!r}.")
+        self.interval, self.trace_malloc, self.uss_every = float(interval), bool(trace_malloc), int(uss_every)
+        self.recorder: PhaseRecorder | None = None
+        self.sampler: RssSampler | None = None
+        self.baseline: dict[str, int] = {}
+        self.seconds = 0.0
+        self._tm_started = False
+        self._overhead = 0
+
+    def start(self) -> "Profiler":
+        """Measure the baseline (memory now), then start tracing, listening and sampling."""
+        self.baseline = memory_now()
+        if self.trace_malloc and not tracemalloc.is_tracing():
+            tracemalloc.start()
+            self._tm_started = True
+        self.recorder = PhaseRecorder(self.trace_malloc)
+        _phases.listen(self.recorder)
+        rec = self.recorder
+        self.sampler = RssSampler(self.interval, label=lambda: rec.current, uss_every=self.uss_every)
+        self._t0 = time.perf_counter()
+        self.sampler.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling, listening and tracing."""
+        if self.sampler is None:
+            return
+        self.seconds = time.perf_counter() - self._t0
+        self.sampler.stop()
+        self.recorder.finish()
+        _phases.stop_listening()
+        if self.trace_malloc and tracemalloc.is_tracing():
+            self._overhead = tracemalloc.get_tracemalloc_memory()
+            if self._tm_started:
+                tracemalloc.stop()
+
+    def __enter__(self) -> "Profiler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def io(self) -> dict | None:
+        """The counters of the pagers made while profiling, summed (None if there were none)."""
+        if not self.recorder or not self.recorder.pagers:
+            return None
+        total: dict = {}
+        for p in self.recorder.pagers:
+            for k, v in p.stats.as_dict().items():
+                if k == "peak_resident_bytes":
+                    total[k] = max(total.get(k, 0), v)
+                else:
+                    total[k] = total.get(k, 0) + v
+        return total
+
+    def report(self, max_points: int = 4000) -> dict:
+        """The measurements as a JSON-ready dict (see :func:`format_report`)."""
+        rec, smp = self.recorder, self.sampler
+        # Peaks seen by the sampler thread, per (phase, layer), beside those read at switches.
+        sampled: dict[tuple, list[int]] = {}
+        for _t, rss, anon, _file, label in smp.samples:
+            e = sampled.setdefault(label, [0, 0])
+            e[0], e[1] = max(e[0], rss), max(e[1], anon)
+        per_key = {}
+        for key in set(rec.stats) | set(sampled):
+            s = rec.stats.get(key, [0.0, 0, 0, 0, 0])
+            sm = sampled.get(key, [0, 0])
+            per_key[key] = {"seconds": s[0], "entries": s[1], "peak_rss": max(s[2], sm[0]),
+                            "peak_anon": max(s[3], sm[1]), "peak_tracemalloc": s[4]}
+        phases: dict[str, dict] = {}
+        layers: dict[str, dict] = {}
+        chrono = {k: i for i, k in enumerate(rec.stats)}  # first entered first: layers in model order
+        for (ph, layer), v in sorted(per_key.items(), key=lambda kv: chrono.get(kv[0], len(chrono))):
+            p = phases.setdefault(ph, {"phase": ph, "seconds": 0.0, "entries": 0, "peak_rss": 0, "peak_anon": 0,
+                                       "peak_tracemalloc": 0})
+            _merge(p, v)
+            if layer is not None:
+                lay = layers.setdefault(layer, {"layer": layer, "seconds": 0.0, "entries": 0, "peak_rss": 0,
+                                                "peak_anon": 0, "peak_tracemalloc": 0, "phases": {}})
+                _merge(lay, v)
+                lay["phases"][ph] = lay["phases"].get(ph, 0.0) + v["seconds"]
+        order = {p: i for i, p in enumerate(_phases.PHASES)}
+        peak = dict(smp.peak)
+        peak["rss"] = max([peak["rss"]] + [v["peak_rss"] for v in per_key.values()])
+        peak["anon"] = max([peak["anon"]] + [v["peak_anon"] for v in per_key.values()])
+        return {
+            "seconds": self.seconds,
+            "interval": self.interval,
+            "samples": len(smp.samples),
+            "baseline": {k: self.baseline.get(k, 0) for k in ("rss", "anon", "file")},
+            "peak": peak,
+            "tracemalloc": {"enabled": self.trace_malloc,
+                            "peak": max((v["peak_tracemalloc"] for v in per_key.values()), default=0),
+                            "overhead": self._overhead},
+            "phases": sorted(phases.values(), key=lambda p: (order.get(p["phase"], 99), p["phase"])),
+            "layers": list(layers.values()),
+            "io": self.io(),
+            "timeline": _timeline(smp.samples, max_points),
+            "instrumented": True,
+        }
+
+
+def _merge(into: dict, v: dict) -> None:
+    into["seconds"] += v["seconds"]
+    into["entries"] += v["entries"]
+    for k in ("peak_rss", "peak_anon", "peak_tracemalloc"):
+        into[k] = max(into[k], v[k])
+
+
+def _timeline(samples: list, max_points: int) -> dict:
+    """Samples as columns, thinned to at most ``max_points`` (each kept point is its bucket's anon maximum)."""
+    step = max(1, -(-len(samples) // max_points))
+    out = {"t": [], "rss": [], "anon": [], "file": [], "phase": [], "layer": []}
+    for a in range(0, len(samples), step):
+        bucket = samples[a: a + step]
+        t, rss, anon, file, label = max(bucket, key=lambda s: s[2])
+        ph, layer = label if isinstance(label, tuple) else (label or None, None)
+        out["t"].append(round(bucket[0][0], 4))
+        out["rss"].append(rss)
+        out["anon"].append(anon)
+        out["file"].append(file)
+        out["phase"].append(ph)
+        out["layer"].append(layer)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# profiling a command in a child process
+# ---------------------------------------------------------------------------------------
+_PY = re.compile(r"^python[\d.]*$")
+
+
+def python_target(argv: list[str]) -> tuple[str, list[str]] | None:
+    """``(interpreter, arguments)`` if ``argv`` runs Python code oocnet can instrument, else None.
+
+    Recognised: ``python script.py ...``, ``python -m module ...``, ``python -c code ...``,
+    and a script file whose ``#!`` line names Python (``oocnet train ...``).
+    """
+    if not argv:
+        return None
+    exe = argv[0]
+    if _PY.match(os.path.basename(exe)):
+        rest = argv[1:]
+        if rest and (rest[0] in ("-m", "-c") and len(rest) > 1 or not rest[0].startswith("-")):
+            return exe, rest
+        return None
+    path = shutil.which(exe)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]
+    if not words or not _PY.match(os.path.basename(words[0])):
+        return None
+    interp = words[0] if os.path.isabs(words[0]) else (shutil.which(words[0]) or words[0])
+    return interp, [path, *argv[1:]]
+
+
+def profile_command(argv: list[str], *, interval: float = 0.01, trace_malloc: bool = True,
+                    instrument: bool = True) -> dict:
+    """Run ``argv`` as a child process and profile its memory (see the module docstring).
+
+    Returns
+    -------
+    dict
+        As :meth:`Profiler.report`, with ``returncode`` and ``command``; peaks are the
+        larger of what the child measured of itself and what was sampled from
+        outside (which also sees the interpreter's start and exit).  Without
+        instrumentation, ``phases``, ``layers``, ``io`` are empty and the baseline
+        is 0 (unknown).
+    """
+    from .errors import ConfigError
+
+    if not argv:
+        raise ConfigError("profile needs a command after --, e.g. oocnet profile -- python script.py.")
+    target = python_target(argv) if instrument else None
+    out_fd, out_path = tempfile.mkstemp(prefix="oocnet-profile-", suffix=".json")
+    os.close(out_fd)
+    env = dict(os.environ)
+    if target is not None:
+        interp, rest = target
+        cmd = [interp, "-m", "oocnet._profchild", "--out", out_path, "--interval", str(interval)]
+        if not trace_malloc:
+            cmd.append("--no-tracemalloc")
+        cmd += ["--", *rest]
+        # The child must import this oocnet even if its interpreter has another (or none) installed.
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    else:
+        cmd = list(argv)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(cmd, env=env)
+    except OSError as exc:
+        os.unlink(out_path)
+        raise ConfigError(f"cannot run {argv[0]!r}: {exc.strerror or exc}.") from None
+    outside = RssSampler(interval, pid=proc.pid, uss_every=10).start()
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        rc = proc.wait()
+    outside.stop()
+    seconds = time.perf_counter() - t0
+    child = None
+    try:
+        text = Path(out_path).read_text()
+        child = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        child = None
+    finally:
+        try:
+            os.unlink(out_path)
+        except OSError:
+            pass
+    if child is None:
+        rep = {
+            "seconds": seconds, "interval": interval, "samples": len(outside.samples),
+            "baseline": {"rss": 0, "anon": 0, "file": 0}, "peak": dict(outside.peak),
+            "tracemalloc": {"enabled": False, "peak": 0, "overhead": 0}, "phases": [], "layers": [], "io": None,
+            "timeline": _timeline(outside.samples, 4000), "instrumented": False,
+        }
+    else:
+        rep = child
+        for k, v in outside.peak.items():
+            rep["peak"][k] = max(rep["peak"].get(k, 0), v)
+    rep["returncode"] = rc
+    rep["command"] = list(argv)
+    return rep
+
+
+# ---------------------------------------------------------------------------------------
+# budget check, text and plot
+# ---------------------------------------------------------------------------------------
+def check_budget(report: dict, budget: int, allowance: int = 100 * MiB) -> dict:
+    """Whether peak anonymous memory stayed within ``budget`` + the baseline + ``allowance``.
+
+    tracemalloc's own bookkeeping (which the program does not use when it is
+    not profiled) is subtracted from the peak first.  The verdict and its
+    reasoning are added to ``report["budget"]`` and returned.
+    """
+    peak = int(report["peak"]["anon"])
+    overhead = int(report.get("tracemalloc", {}).get("overhead", 0))
+    base = int(report["baseline"]["anon"])
+    limit = int(budget) + base + int(allowance)
+    used = peak - overhead
+    ok = used <= limit
+    fm = _mib
+    why = (f"peak anonymous RSS {fm(peak)}" + (f" - tracemalloc's own {fm(overhead)} = {fm(used)}" if overhead else "")
+           + f" {'<=' if ok else '>'} budget {fm(budget)} + baseline {fm(base)}"
+           + ("" if base else " (not measured)") + f" + allowance {fm(allowance)} = {fm(limit)}: "
+           + ("within the budget" if ok else "OVER the budget"))
+    verdict = {"budget": int(budget), "allowance": int(allowance), "baseline_anon": base, "peak_anon": peak,
+               "tracemalloc_overhead": overhead, "limit": limit, "ok": ok, "reason": why}
+    report["budget"] = verdict
+    return verdict
+
+
+def _mib(n) -> str:
+    return f"{n / MiB:.1f} MiB"
+
+
+_LETTERS = {"setup": "S", "data": "D", "load": "L", "forward": "F", "backward": "B", "update": "U",
+            "write-back": "W", "commit": "C", "evaluate": "E", "other": "O"}
+
+
+def format_report(report: dict, width: int = 72, height: int = 8) -> str:
+    """The summary table and a terminal timeline of anonymous RSS with a phase row."""
+    r = report
+    lines = []
+    what = " ".join(r["command"]) if r.get("command") else r.get("target", "")
+    lines.append(f"oocnet profile: {what}  ({r['seconds']:.1f} s, {r['samples']} samples every "
+                 f"{r['interval'] * 1000:.0f} ms)")
+    pk, base = r["peak"], r["baseline"]
+    uss = f"; USS {_mib(pk['uss'])}" if pk.get("uss") else ""
+    lines.append(f"memory    peak RSS {_mib(pk['rss'])}: anonymous {_mib(pk['anon'])}, file-backed "
+                 f"{_mib(pk['file'])}{uss}")
+    if base.get("rss"):
+        lines.append(f"          baseline (after imports, before the run) RSS {_mib(base['rss'])}, anonymous "
+                     f"{_mib(base['anon'])}")
+    lines.append("          file-backed pages are mapped files (libraries, memory-mapped data): the kernel can drop "
+                 "them, and the budget does not count them")
+    tm = r.get("tracemalloc", {})
+    if tm.get("enabled"):
+        lines.append(f"          tracemalloc: peak traced {_mib(tm['peak'])}, its own bookkeeping {_mib(tm['overhead'])}")
+    if r.get("phases"):
+        total = sum(p["seconds"] for p in r["phases"]) or 1.0
+        lines.append("")
+        lines.append(f"{'phase':<12}{'time s':>9}{'share':>8}{'entries':>9}{'peak anon MiB':>15}{'peak RSS MiB':>14}"
+                     f"{'traced peak MiB':>17}")
+        for p in r["phases"]:
+            lines.append(f"{p['phase']:<12}{p['seconds']:>9.2f}{100 * p['seconds'] / total:>7.1f}%{p['entries']:>9}"
+                         f"{p['peak_anon'] / MiB:>15.1f}{p['peak_rss'] / MiB:>14.1f}"
+                         f"{(p['peak_tracemalloc'] / MiB if tm.get('enabled') else float('nan')):>17.1f}")
+    if r.get("layers"):
+        lines.append("")
+        names = ("load", "forward", "backward", "update", "write-back")
+        lines.append(f"{'layer':<16}{'time s':>9}{'peak anon MiB':>15}{'traced peak MiB':>17}   "
+                     f"seconds in {' / '.join(names)}")
+        for lay in r["layers"]:
+            split = " / ".join(f"{lay['phases'].get(n, 0.0):.2f}" for n in names)
+            lines.append(f"{lay['layer']:<16}{lay['seconds']:>9.2f}{lay['peak_anon'] / MiB:>15.1f}"
+                         f"{(lay['peak_tracemalloc'] / MiB if tm.get('enabled') else float('nan')):>17.1f}   {split}")
+    io = r.get("io")
+    if io:
+        lines.append("")
+        lines.append(f"io        read {_mib(io['bytes_read'])}, written {_mib(io['bytes_written'])}, waiting on IO "
+                     f"{io['io_wait_seconds']:.2f} s; pager peak {_mib(io['peak_resident_bytes'])}; hits "
+                     f"{io['hits']}, misses {io['misses']}, rows from cache {io['row_hits']}, rows read "
+                     f"{io['row_misses']}")
+    elif r.get("instrumented") is False:
+        lines.append("")
+        lines.append("          (not a Python script: no phases, layers, tracemalloc or pager counters, and no "
+                     "baseline; memory was sampled from outside)")
+    res = r.get("result")
+    if res:
+        test = res.get("test") or {}
+        acc = f"; held-out accuracy {test['accuracy']:.4f}" if test.get("accuracy") is not None else ""
+        lines.append(f"run       {res['examples']:,} examples in {res['steps']:,} steps, {res['seconds']:.1f} s "
+                     f"({res['examples_per_s']:,.0f} examples/s, slower while profiled){acc}")
+    if r.get("budget"):
+        lines.append(f"budget    {r['budget']['reason']}")
+    if r.get("returncode"):
+        lines.append(f"exit      the command exited with status {r['returncode']}")
+    lines.append("")
+    lines.extend(timeline_text(r, width, height))
+    return "\n".join(lines)
+
+
+def timeline_text(report: dict, width: int = 72, height: int = 8) -> list[str]:
+    """Anonymous RSS over time as a block chart, with the dominant phase of each column below it."""
+    tl = report["timeline"]
+    if not tl["t"]:
+        return ["timeline  (no samples)"]
+    t_end = max(tl["t"][-1], 1e-9)
+    cols = [[] for _ in range(width)]
+    for i, t in enumerate(tl["t"]):
+        cols[min(width - 1, int(t / t_end * width))].append(i)
+    anon = tl["anon"]
+    top = max(anon)
+    b = report.get("budget")
+    limit = b["budget"] + b["baseline_anon"] if b else None
+    scale = max(top, limit or 0) or 1
+    levels = " ▁▂▃▄▅▆▇█"
+    vals = []
+    last = 0
+    for c in cols:
+        v = max((anon[i] for i in c), default=last)
+        vals.append(v)
+        last = v
+    out = [f"timeline  anonymous RSS, MiB (max {top / MiB:.0f})" +
+           (f"; ─ budget + baseline = {limit / MiB:.0f} MiB" if limit else "")]
+    for row in range(height, 0, -1):
+        lo = (row - 1) / height * scale
+        cells = []
+        for v in vals:
+            frac = (v - lo) / (scale / height)
+            ch = levels[max(0, min(8, int(round(frac * 8))))] if v > lo else " "
+            if limit is not None and ch == " " and lo <= limit < lo + scale / height:
+                ch = "─"
+            cells.append(ch)
+        if limit is not None and lo <= limit < lo + scale / height:
+            label = f"{limit / MiB:>7.0f} ┼"  # the row holding budget + baseline
+        elif row in (height, (height + 1) // 2):
+            label = f"{row / height * scale / MiB:>7.0f} ┤"
+        else:
+            label = "        │"
+        out.append(label + "".join(cells))
+    out.append("      0 └" + "─" * width)
+    ph_row = []
+    for c in cols:
+        counts: dict[str, int] = {}
+        for i in c:
+            p = tl["phase"][i]
+            if p:
+                counts[p] = counts.get(p, 0) + 1
+        ph_row.append(_LETTERS.get(max(counts, key=counts.get), "?") if counts else " ")
+    if any(ch.strip() for ch in ph_row):
+        out.append("  phase   " + "".join(ph_row))
+        used = [p for p in _LETTERS if p in set(tl["phase"])]
+        out.append("          " + ", ".join(f"{_LETTERS[p]} {p}" for p in used))
+    end = f"{t_end:.1f} s"
+    out.append("          0 s" + " " * max(1, width - 3 - len(end)) + end)
+    return out
+
+
+_COLORS = {"setup": "#dddddd", "data": "#c6dbef", "load": "#fdd0a2", "forward": "#c7e9c0", "backward": "#fcbba1",
+           "update": "#dadaeb", "write-back": "#fdae6b", "commit": "#bcbddc", "evaluate": "#d9f0a3",
+           "other": "#f0f0f0"}
+
+
+def plot_timeline(report: dict, path, buckets: int = 300) -> None:
+    """Draw RSS (total, anonymous, file-backed) over time with phase bands to a PNG (needs matplotlib)."""
+    from .errors import ConfigError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise ConfigError('--plot needs matplotlib; install it with pip install "oocnet[plot]".') from None
+    tl = report["timeline"]
+    t = tl["t"]
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
+    if t:
+        t_end = max(t[-1], 1e-9)
+        width = t_end / buckets
+        seen = []
+        b = 0
+        while b < buckets:
+            lo, hi = b * width, (b + 1) * width
+            counts: dict[str, int] = {}
+            for ph, tt in zip(tl["phase"], t):
+                if lo <= tt < hi and ph:
+                    counts[ph] = counts.get(ph, 0) + 1
+            if counts:
+                ph = max(counts, key=counts.get)
+                ax.axvspan(lo, hi, color=_COLORS.get(ph, "#eeeeee"), lw=0, alpha=0.8)
+                if ph not in seen:
+                    seen.append(ph)
+            b += 1
+        ax.plot(t, [x / MiB for x in tl["rss"]], color="black", lw=1.2, label="RSS")
+        ax.plot(t, [x / MiB for x in tl["anon"]], color="#d62728", lw=1.2, label="anonymous")
+        ax.plot(t, [x / MiB for x in tl["file"]], color="#1f77b4", lw=1.0, label="file-backed")
+        bud = report.get("budget")
+        if bud:
+            ax.axhline((bud["budget"] + bud["baseline_anon"]) / MiB, color="#d62728", ls="--", lw=1,
+                       label="budget + baseline")
+            ax.axhline(bud["limit"] / MiB, color="#7f7f7f", ls=":", lw=1, label="+ allowance")
+        handles, labels = ax.get_legend_handles_labels()
+        order = [p for p in _phases.PHASES if p in seen]
+        handles += [Patch(color=_COLORS.get(p, "#eeeeee"), label=p) for p in order]
+        ax.legend(handles=handles, loc="lower right", fontsize=7, ncol=2, framealpha=0.9)
+    what = " ".join(report["command"]) if report.get("command") else report.get("target", "")
+    ax.set_title(f"oocnet profile: {what}", fontsize=9)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+__all__ = ["RssSampler", "memory_now", "max_rss_self", "Profiler", "PhaseRecorder", "profile_command",
+           "python_target", "check_budget", "format_report", "timeline_text", "plot_timeline"]

@@ -1,0 +1,233 @@
+"""The command line: train, evaluate, inspect and demo driven through their entry point, error paths included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import oocnet as oc
+from oocnet import cli
+from oocnet.config import dump_config
+from oocnet.data import ZipfCorpus
+
+V, CLASSES = 2000, 4
+
+
+def make_task(tmp_path: Path, *, n_train=4000, n_test=800, **overrides) -> Path:
+    """A small learnable bag-of-words task and its config; returns the config's path."""
+    corpus = ZipfCorpus(V, n_classes=CLASSES, signal_words=8, signal_rate=0.15, seed=0)
+    if not (tmp_path / "train.svm").exists():
+        corpus.write_svmlight(tmp_path / "train.svm", n_train, [0, 1])
+        corpus.write_svmlight(tmp_path / "test.svm", n_test, [0, 2])
+    cfg = {
+        "seed": 0,
+        "model": {"layers": [{"type": "embedding", "n_words": V, "dim": 16, "activation": "tanh"},
+                             {"type": "dense", "n_in": 16, "n_out": CLASSES}]},
+        "loss": {"type": "softmax_cross_entropy", "reduction": "mean"},
+        "optimizer": {"type": "rowwise_adagrad", "lr": 0.2},
+        "store": {"path": "params", "budget": "1MiB"},
+        "training": {"batch_size": 64, "epochs": 2, "commit_every": 20, "shuffle_buffer": 500},
+        "data": {"train": "train.svm", "test": "test.svm"},
+        "evaluate": {"top_k": 2},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path = tmp_path / "run.toml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_train_learns_and_prints_json(tmp_path, capsys):
+    cfg = make_task(tmp_path)
+    rc, out, err = run_cli(capsys, "train", cfg, "--json", "--no-progress")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["examples"] == 8000 and s["steps"] == 126 and s["step"] == 126
+    t = s["test"]
+    assert t["examples"] == 800
+    assert t["accuracy"] > t["majority_baseline"] + 0.3  # the planted signal was learned
+    assert t["top_k"] == 2 and t["top_k_accuracy"] >= t["accuracy"]
+    assert s["peak_rss"] > 0 and s["peak_anon"] > 0 and s["examples_per_s"] > 0
+    assert s["io"]["bytes_read"] > 0 and s["io"]["bytes_written"] > 0
+    assert s["param_bytes"] == (V * 16 + 16 * CLASSES + CLASSES) * 4
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["step"] == 126
+        assert st.last_commit["metadata"]["run"] == {"epoch": 2, "batch": 0, "examples": 8000, "done": True,
+                                                     "config": str(cfg)}
+
+
+def test_train_text_summary_and_progress_bar(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, err = run_cli(capsys, "train", cfg)
+    assert rc == 0
+    assert "trained    4,000 examples in 63 steps" in out and "accuracy" in out and "peak RSS" in out
+    assert "ex/s" in err and "loss=" in err and "rss=" in err  # the tqdm bar
+
+
+def test_existing_store_needs_resume_or_overwrite(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "already holds a model; pass --resume" in err
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--overwrite", "--json")
+    assert rc == 0 and json.loads(out)["step"] == 63
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
+    """Stopped after 50 steps, then resumed: the same parameters as one uninterrupted run."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    cfg = make_task(whole)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for f in ("train.svm", "test.svm"):
+        (parts / f).write_bytes((whole / f).read_bytes())
+    cfg = make_task(parts, training__max_steps=50)
+    rc, out, _ = run_cli(capsys, "train", cfg, "--no-progress", "--json")
+    assert rc == 0 and json.loads(out)["step"] == 50
+    with oc.open_store(parts / "params", read_only=True) as st:
+        assert st.last_commit["metadata"]["run"]["epoch"] == 0  # part-way through epoch 0 (63 batches)
+        assert st.last_commit["metadata"]["run"]["batch"] == 50
+    cfg = make_task(parts)  # no max_steps now
+    rc, out, _ = run_cli(capsys, "train", cfg, "--no-progress", "--json", "--resume")
+    s = json.loads(out)
+    assert rc == 0 and s["resumed_from"] == 50 and s["steps"] == 76 and s["step"] == 126
+    with oc.open_store(whole / "params", read_only=True) as a, oc.open_store(parts / "params", read_only=True) as b:
+        for key in a.keys():
+            np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
+
+
+def test_evaluate(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, err = run_cli(capsys, "evaluate", cfg)
+    assert rc == 2 and "no store at" in err and "train the model first" in err
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    rc, out, _ = run_cli(capsys, "evaluate", cfg, "--json", "--no-progress")
+    e = json.loads(out)
+    assert rc == 0 and e["examples"] == 800 and e["accuracy"] > e["majority_baseline"]
+    rc, out, _ = run_cli(capsys, "evaluate", cfg, "--data", tmp_path / "train.svm", "--top-k", "3", "--no-progress")
+    assert rc == 0 and "4,000 examples of" in out and "top-3" in out
+    rc, out, err = run_cli(capsys, "evaluate", cfg, "--data", tmp_path / "nope.svm")
+    assert rc == 2 and "does not exist" in err
+
+
+def test_inspect(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params", "--verify")
+    assert rc == 0
+    assert "embedding_0/W" in out and f"({V}, 16)" in out and "float32" in out
+    assert "embedding_0/W:rowwise_adagrad" in out
+    assert "step 63" in out and '"done": true' in out and "journal    none" in out
+    assert "every block matches its checksum" in out
+    rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params", "--json")
+    info = json.loads(out)
+    shapes = {p["key"]: p["shape"] for p in info["parameters"]}
+    assert shapes["embedding_0/W"] == [V, 16] and info["last_commit"]["step"] == 63
+    assert info["param_bytes"] == (V * 16 + 16 * CLASSES + CLASSES) * 4
+    # uncommitted writes leave a journal: inspect says so (and why it cannot list parameters read-only)
+    with oc.open_store(tmp_path / "params") as st:
+        st.write_rows("embedding_0/W", 0, np.zeros((3, 16), np.float32))
+        rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params")
+        assert rc == 0 and "changes since the last commit" in out and "cannot be listed read-only" in out
+        assert "lock       held by pid" in out
+    rc, out, err = run_cli(capsys, "inspect", tmp_path / "nothing")
+    assert rc == 2 and "no store at" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"training__batch_size": -3}, "training.batch_size must be a positive integer, got -3."),
+    ({"optimizer__momentum": 2}, "optimizer: unknown key 'momentum' for optimizer 'rowwise_adagrad'; known keys:"),
+    ({"model__dtype": "int8"}, "model.dtype must be one of float32, float64, got 'int8'."),
+])
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys, edit, message):
+    cfg = make_task(tmp_path, **edit)
+    for command in ("train", "evaluate", "profile"):
+        rc, out, err = run_cli(capsys, command, cfg)
+        assert rc == 2
+        assert message in err and err.startswith(f"oocnet {command}: error:")
+
+
+def test_malformed_data_exits_2_with_file_and_line(tmp_path, capsys):
+    cfg = make_task(tmp_path)
+    lines = (tmp_path / "train.svm").read_text().splitlines()
+    lines[9] = "2 17:1 oops"
+    (tmp_path / "train.svm").write_text("\n".join(lines) + "\n")
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and f"{tmp_path / 'train.svm'}:10:" in err and "'oops'" in err
+
+
+def test_labels_out_of_range_exit_2(tmp_path, capsys):
+    cfg = make_task(tmp_path, data__label_offset=-10)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "labels must lie in [0, 4)" in err
+
+
+def test_npz_data_and_dense_first_layer(tmp_path, capsys):
+    """A dense model on .npz features (X, y members), a regression loss, an HDF5 store."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5)).astype(np.float32)
+    y = (X @ np.arange(1, 6, dtype=np.float32) / 5)[:, None]
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    cfg = {
+        "model": {"dtype": "float64", "layers": [{"type": "dense", "n_in": 5, "n_out": 1}]},
+        "loss": {"type": "half_squared_error", "reduction": "mean"},
+        "optimizer": {"type": "sgd", "lr": 0.1},
+        "store": {"path": "params.h5"},
+        "training": {"batch_size": 50, "epochs": 20},
+        "data": {"train": "train.npz", "test": "train.npz"},
+    }
+    (tmp_path / "lin.toml").write_text(dump_config(cfg))
+    rc, out, err = run_cli(capsys, "train", tmp_path / "lin.toml", "--json", "--no-progress")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["backend"] == "hdf5" and s["test"]["loss"] < 1e-3 and "accuracy" not in s["test"]
+    rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params.h5")
+    assert rc == 0 and "dense_0/W" in out and "(5, 1)" in out and "hdf5" in out
+
+
+def test_demo_small_then_again(tmp_path, capsys):
+    d = tmp_path / "demo"
+    args = ["demo", "--dir", d, "--vocab", 3000, "--train", 6000, "--test", 1000, "--words", "zipf", "--json",
+            "--no-progress"]
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["accuracy"] > s["majority_baseline"] + 0.3
+    assert s["data_generated"] and s["resumed_from"] is None and s["epoch"] == 1
+    assert s["param_bytes"] == (3000 * 128 + 128 * 16 + 16) * 4 and s["disk_bytes"] > 0
+    assert s["peak_anon"] > s["baseline_anon"] > 0 and s["budget"] == 256 * 2**20
+    assert sorted(p.name for p in d.iterdir()) == ["demo.toml", "params", "task.json", "test.svm", "train.svm"]
+    rc, out, _ = run_cli(capsys, *args)  # reuses the data, trains one more epoch
+    s2 = json.loads(out)
+    assert rc == 0 and not s2["data_generated"] and s2["resumed_from"] == s["train"]["step"] and s2["epoch"] == 2
+    rc, out, _ = run_cli(capsys, "demo", "--dir", d, "--vocab", 3000, "--train", 6000, "--test", 1000,
+                         "--words", "zipf", "--no-progress", "--fresh")
+    assert rc == 0 and "held-out accuracy" in out and "parameters on disk" in out and "trained epoch 1" in out
+    # the config it wrote drives the other commands
+    rc, out, _ = run_cli(capsys, "evaluate", d / "demo.toml", "--json", "--no-progress")
+    assert rc == 0 and json.loads(out)["examples"] == 1000
+
+
+def test_entry_point_as_a_process(tmp_path):
+    cfg = make_task(tmp_path, training__epochs=1)
+    out = subprocess.run([sys.executable, "-m", "oocnet", "train", str(cfg), "--json", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["steps"] == 63
+    out = subprocess.run([sys.executable, "-m", "oocnet", "train", str(tmp_path / "missing.toml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "cannot read the configuration" in out.stderr

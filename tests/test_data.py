@@ -1,0 +1,282 @@
+"""Streamed readers (svmlight, npy/npz, CSR npz, HDF5), the shuffle buffer, and the synthetic corpus."""
+
+from __future__ import annotations
+
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from oocnet.data import (
+    NpzDataset,
+    SvmlightDataset,
+    ZipfCorpus,
+    batches,
+    open_dataset,
+    write_svmlight,
+)
+from oocnet.errors import ConfigError, InputError
+
+
+def reference_svmlight(text: str, n_features: int, zero_based: bool):
+    """An independent line-by-line parse: (dense X, y)."""
+    rows, labels = [], []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].split()
+        if not line:
+            continue
+        labels.append(float(line[0]))
+        row = np.zeros(n_features)
+        for tok in line[1:]:
+            if tok.startswith("qid:"):
+                continue
+            i, v = tok.split(":")
+            row[int(i) - (0 if zero_based else 1)] += float(v)
+        rows.append(row)
+    return np.array(rows), np.array(labels)
+
+
+def stack(ds_or_batches):
+    xs, ys = zip(*ds_or_batches)
+    X = sp.vstack(xs).toarray() if sp.issparse(xs[0]) else np.concatenate(xs)
+    return X, np.concatenate(ys)
+
+
+TEXT = """# a comment line
+1 3:1 1:2.5 7:-0.25
+-1 qid:4 2:1e-3 2:2 # repeated index, an exponent
+0
+
+2 8:.5 4:10.
+3   5:3\t6:1
+1
+"""
+
+
+@pytest.mark.parametrize("block_bytes", [7, 64, 1 << 20])
+def test_svmlight_equals_reference_parse(tmp_path, block_bytes):
+    path = tmp_path / "d.svm"
+    path.write_text(TEXT)
+    ds = SvmlightDataset(path, n_features=9, block_bytes=block_bytes)
+    X, y = stack(ds.chunks())
+    Xr, yr = reference_svmlight(TEXT, 9, zero_based=False)
+    np.testing.assert_allclose(X, Xr, rtol=1e-7)
+    np.testing.assert_array_equal(y, yr)
+    assert ds.n_features == 9 and ds.sparse
+
+
+def test_svmlight_fast_path_matches_float_on_random_decimals(tmp_path):
+    rng = np.random.default_rng(0)
+    vals = np.round(rng.normal(size=(200, 30)) * 100, rng.integers(0, 6))
+    X = sp.csr_matrix(np.where(rng.random((200, 30)) < 0.3, vals, 0.0))
+    y = rng.integers(0, 5, 200)
+    write_svmlight(tmp_path / "r.svm", X, y)
+    text = (tmp_path / "r.svm").read_text()
+    got, gy = stack(SvmlightDataset(tmp_path / "r.svm", n_features=30).chunks())
+    ref, ry = reference_svmlight(text, 30, zero_based=False)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)  # float32 values
+    np.testing.assert_array_equal(gy, ry)
+    np.testing.assert_allclose(got, X.toarray(), rtol=1e-6)
+
+
+def test_svmlight_zero_based_and_width_scan(tmp_path):
+    path = tmp_path / "z.svm"
+    path.write_text("0 0:1 4:2\n1 2:3\n")
+    ds = open_dataset(path, zero_based=True)  # width found by scanning: largest index + 1
+    assert ds.n_features == 5
+    X, y = stack(ds.chunks())
+    np.testing.assert_array_equal(X, [[1, 0, 0, 0, 2], [0, 0, 3, 0, 0]])
+    assert ds.count_rows() == 2
+
+
+@pytest.mark.parametrize("line, message", [
+    ("1 3\n", "expected 'index:value'"),
+    ("1 a:2\n", "expected 'index:value'"),
+    ("x 1:2\n", "expected a numeric label"),
+    ("1,2 1:2\n", "multi-label"),
+    ("1 1:nan\n", "NaN or inf"),
+    ("1 99:1\n", "feature index 99 is out of range"),
+    ("1 0:1\n", "feature index 0 is out of range"),  # index 0 in a one-based file
+])
+def test_svmlight_malformed_line_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.svm"
+    good = "0 1:1 2:1\n" * 40
+    path.write_text(good + "# comment\n\n" + line + good)
+    ds = SvmlightDataset(path, n_features=10, block_bytes=100)  # the bad line is in a later block
+    with pytest.raises(InputError) as err:
+        list(ds.chunks())
+    assert f"{path}:43:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_write_svmlight_round_trip(tmp_path):
+    X = sp.random(50, 40, density=0.2, random_state=1, format="csr")
+    X.data = np.round(X.data * 8)
+    X.eliminate_zeros()
+    y = np.arange(50) % 3
+    for zero_based in (False, True):
+        p = tmp_path / f"rt{zero_based}.svm"
+        write_svmlight(p, X, y, zero_based=zero_based, comment="made in a test")
+        got, gy = stack(SvmlightDataset(p, n_features=40, zero_based=zero_based).chunks())
+        np.testing.assert_array_equal(got, X.toarray())
+        np.testing.assert_array_equal(gy, y)
+
+
+def dense_data(n=103, d=6):
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 4, n)
+
+
+def test_npy_streamed_in_chunks(tmp_path):
+    X, y = dense_data()
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    ds = open_dataset(tmp_path / "X.npy", labels=tmp_path / "y.npy", chunk_rows=10)
+    chunks = list(ds.chunks())
+    assert [c[0].shape[0] for c in chunks] == [10] * 10 + [3]
+    gx, gy = stack(chunks)
+    np.testing.assert_array_equal(gx, X)
+    np.testing.assert_array_equal(gy, y)
+    np.save(tmp_path / "F.npy", np.asfortranarray(X))
+    with pytest.raises(InputError, match="Fortran order"):
+        open_dataset(tmp_path / "F.npy", labels=tmp_path / "y.npy")
+    with pytest.raises(ConfigError, match="labels"):
+        open_dataset(tmp_path / "X.npy")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_dense(tmp_path, compressed):
+    X, y = dense_data()
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "d.npz", X=X, y=y)
+    ds = open_dataset(tmp_path / "d.npz", chunk_rows=16)
+    assert not ds.sparse and ds.n_rows == 103 and ds.n_features == 6
+    gx, gy = stack(ds.chunks())
+    np.testing.assert_array_equal(gx, X)
+    np.testing.assert_array_equal(gy, y)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_csr_npz_streams_rows_in_order(tmp_path, compressed):
+    X = sp.random(97, 50, density=0.1, random_state=2, format="lil", dtype=np.float32)
+    X[5] = 0  # an empty row
+    X = X.tocsr()
+    y = np.arange(97) % 5
+    sp.save_npz(tmp_path / "x.npz", X, compressed=compressed)
+    np.save(tmp_path / "y.npy", y)
+    ds = open_dataset(tmp_path / "x.npz", labels=tmp_path / "y.npy", chunk_rows=8)
+    assert ds.sparse and (ds.n_rows, ds.n_features) == (97, 50)
+    gx, gy = stack(ds.chunks())
+    np.testing.assert_array_equal(gx, X.toarray())
+    np.testing.assert_array_equal(gy, y)
+    # labels inside the archive, as a y member
+    with zipfile.ZipFile(tmp_path / "x.npz", "a") as zf, zf.open("y.npy", "w") as fh:
+        np.lib.format.write_array(fh, y)
+    gx2, gy2 = stack(NpzDataset(tmp_path / "x.npz", chunk_rows=30).chunks())
+    np.testing.assert_array_equal(gx2, X.toarray())
+    np.testing.assert_array_equal(gy2, y)
+
+
+def test_csr_npz_without_labels_is_an_error(tmp_path):
+    sp.save_npz(tmp_path / "x.npz", sp.eye(4, format="csr"))
+    with pytest.raises(InputError, match="no 'y' member"):
+        open_dataset(tmp_path / "x.npz")
+    sp.save_npz(tmp_path / "c.npz", sp.eye(4, format="csc"))
+    np.save(tmp_path / "y.npy", np.zeros(4))
+    with pytest.raises(InputError, match="'csc'"):
+        open_dataset(tmp_path / "c.npz", labels=tmp_path / "y.npy")
+
+
+def test_hdf5_dense_and_csr(tmp_path):
+    X, y = dense_data()
+    S = sp.random(103, 20, density=0.2, random_state=4, format="csr")
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["features"] = X
+        f["labels"] = y
+        g = f.create_group("sparse")
+        g["data"], g["indices"], g["indptr"] = S.data, S.indices, S.indptr
+        g.attrs["shape"] = S.shape
+    ds = open_dataset(tmp_path / "d.h5", x="features", y="labels", chunk_rows=25)
+    gx, gy = stack(ds.chunks())
+    np.testing.assert_array_equal(gx, X)
+    np.testing.assert_array_equal(gy, y)
+    ds = open_dataset(tmp_path / "d.h5", x="sparse", y="labels", chunk_rows=25)
+    assert ds.sparse
+    gx, _ = stack(ds.chunks())
+    np.testing.assert_allclose(gx, S.toarray())
+    with pytest.raises(InputError, match="has no dataset 'X'"):
+        open_dataset(tmp_path / "d.h5")
+
+
+def test_format_inference():
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        open_dataset("data.csv")
+
+
+def source(n=1000, chunk=37):
+    """Blocks of rows i with label i (so order and membership can be checked)."""
+    ids = np.arange(n)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        yield ids[a:b, None].astype(np.float64), ids[a:b]
+
+
+def test_batches_in_order():
+    out = list(batches(source(), 64))
+    assert [len(y) for _, y in out] == [64] * 15 + [40]
+    np.testing.assert_array_equal(np.concatenate([y for _, y in out]), np.arange(1000))
+    assert len(list(batches(source(), 64, drop_last=True))) == 15
+    skipped = list(batches(source(), 64, skip=3))
+    assert skipped[0][1][0] == 192 and len(skipped) == 13
+
+
+def test_shuffle_buffer_is_a_seeded_permutation():
+    a = np.concatenate([y for _, y in batches(source(), 50, shuffle_buffer=200, seed=1)])
+    b = np.concatenate([y for _, y in batches(source(), 50, shuffle_buffer=200, seed=1)])
+    c = np.concatenate([y for _, y in batches(source(), 50, shuffle_buffer=200, seed=2)])
+    np.testing.assert_array_equal(np.sort(a), np.arange(1000))  # every row exactly once
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, np.arange(1000))
+    for X, y in batches(source(), 50, shuffle_buffer=200, seed=1):
+        np.testing.assert_array_equal(X[:, 0], y)  # rows keep their labels
+
+
+def test_shuffle_buffer_is_bounded():
+    pulled = []
+
+    def counting():
+        for X, y in source(10_000, chunk=10):
+            pulled.append(len(y))
+            yield X, y
+
+    it = batches(counting(), 32, shuffle_buffer=500)
+    first = next(it)
+    assert len(first[1]) == 32
+    assert sum(pulled) <= 500 + 32 + 10  # the buffer, one batch and one block: not the whole source
+    # Early rows can only come from what was read so far
+    assert first[1].max() < sum(pulled)
+
+
+def test_zipf_corpus_task():
+    c = ZipfCorpus(3000, n_classes=4, signal_words=8, seed=0)
+    X, y = c.sample(2000, seed=1)
+    assert X.shape == (2000, 3000) and X.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(X.sum(axis=1)).ravel(), 20)  # 20 words per example, counted
+    assert set(np.unique(y)) <= set(range(4))
+    assert abs(np.mean(y == 0) - c.majority_rate) < 0.05
+    # the planted signal: class c's indicative words appear mostly in class c's examples
+    hits = X[:, c.signal[2]].sum(axis=1).A.ravel()
+    assert hits[y == 2].mean() > 5 * hits[y != 2].mean()
+    X2, y2 = c.sample(2000, seed=1)
+    assert (X2 != X).nnz == 0 and np.array_equal(y, y2)
+    with pytest.raises(ConfigError, match="n_words must be at least"):
+        ZipfCorpus(50, n_classes=16, signal_words=32)
+
+
+def test_zipf_corpus_with_given_frequencies():
+    f = 1.0 / np.arange(1, 501)
+    c = ZipfCorpus(500, n_classes=2, signal_words=4, frequencies=f, signal_rate=0.0)
+    X, _ = c.sample(3000, seed=0)
+    counts = np.asarray(X.sum(axis=0)).ravel()
+    assert counts[0] > 5 * counts[50] > 0  # background follows the given frequencies

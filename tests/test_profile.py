@@ -1,0 +1,171 @@
+"""The memory profiler: phases and layers from inside the engine, budget verdicts, child processes, reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from oocnet import cli, phases
+from oocnet.profile import Profiler, RssSampler, check_budget, format_report, python_target, timeline_text
+
+from test_cli import make_task
+
+MiB = 2**20
+ENGINE_PHASES = {"load", "forward", "backward", "update", "write-back", "commit"}
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_marks_cost_nothing_without_a_listener():
+    assert phases.phase("forward", "dense_0") is phases._NULL  # one shared object: no allocation
+    with phases.phase("load"):
+        pass
+
+
+def test_profile_config_reports_phases_layers_and_io(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    report_path = tmp_path / "report.json"
+    rc, out, err = run_cli(capsys, "profile", cfg, "--json", report_path, "--no-progress")
+    assert rc == 0, err
+    rep = json.loads(report_path.read_text())
+    by_phase = {p["phase"]: p for p in rep["phases"]}
+    assert ENGINE_PHASES | {"data", "setup"} <= set(by_phase)
+    for name in ENGINE_PHASES:
+        p = by_phase[name]
+        assert p["entries"] > 0 and p["seconds"] > 0 and p["peak_anon"] > 0 and p["peak_rss"] >= p["peak_anon"]
+        assert p["peak_tracemalloc"] > 0
+    assert by_phase["forward"]["entries"] == 2 * 63 + 2 * 13  # 2 layers x (63 training + 13 test batches)
+    assert [l["layer"] for l in rep["layers"]] == ["embedding_0", "dense_1"]
+    emb = rep["layers"][0]
+    assert emb["phases"]["load"] > 0 and emb["phases"]["update"] > 0 and emb["peak_anon"] > 0
+    assert rep["io"]["bytes_read"] > 0 and rep["io"]["bytes_written"] > 0
+    assert rep["baseline"]["anon"] > 0 and rep["peak"]["anon"] >= rep["baseline"]["anon"]
+    assert rep["tracemalloc"]["enabled"] and rep["samples"] == len(rep["timeline"]["t"]) > 0
+    assert rep["result"]["steps"] == 63 and rep["result"]["test"]["accuracy"] > 0.5
+    for words in ("phase", "forward", "write-back", "embedding_0", "dense_1", "timeline", "read "):
+        assert words in out
+
+
+def test_budget_exit_code_flips(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, _ = run_cli(capsys, "profile", cfg, "--budget", "4GiB", "--no-progress", "--no-tracemalloc")
+    assert rc == 0 and "within the budget" in out
+    rc, out, _ = run_cli(capsys, "profile", cfg, "--overwrite", "--budget", "1", "--allowance", "1",
+                         "--no-progress", "--no-tracemalloc")
+    assert rc == 1 and "OVER the budget" in out and "baseline" in out and "allowance" in out
+
+
+def test_check_budget_arithmetic():
+    rep = {"peak": {"anon": 500 * MiB}, "baseline": {"anon": 100 * MiB}, "tracemalloc": {"overhead": 20 * MiB}}
+    v = check_budget(rep, 256 * MiB, 100 * MiB)  # 500 - 20 = 480 > 256 + 100 + 100 = 456
+    assert v["limit"] == 456 * MiB and not v["ok"] and rep["budget"] is v
+    assert "480.0 MiB > budget 256.0 MiB + baseline 100.0 MiB + allowance 100.0 MiB = 456.0 MiB" in v["reason"]
+    assert check_budget(rep, 256 * MiB, 124 * MiB)["ok"]  # 480 <= 480
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import oocnet as oc
+
+    model = oc.Sequential([oc.Dense(64, 32, activation="tanh"), oc.Dense(32, 4)],
+                          store=sys.argv[1], budget="64KiB", seed=0)
+    X = np.random.default_rng(0).normal(size=(32, 64))
+    y = np.arange(32) % 4
+    for _ in range(20):
+        model.train_step(X, y, oc.SoftmaxCrossEntropy(), oc.SGD(lr=0.1))
+    model.commit()
+    model.close()
+    sys.exit(int(sys.argv[2]))
+""")
+
+
+def test_profile_python_script_in_a_child(tmp_path, capsys):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    report_path = tmp_path / "r.json"
+    rc, out, err = run_cli(capsys, "profile", "--json", report_path, "--", sys.executable, script,
+                           tmp_path / "params", 0)
+    assert rc == 0, err
+    rep = json.loads(report_path.read_text())
+    assert rep["instrumented"] and rep["returncode"] == 0
+    assert rep["command"][1:] == [str(script), str(tmp_path / "params"), "0"]
+    names = {p["phase"] for p in rep["phases"]}
+    assert {"load", "forward", "backward", "update", "write-back", "commit"} <= names
+    assert {l["layer"] for l in rep["layers"]} == {"dense_0", "dense_1"}
+    assert rep["io"]["bytes_read"] > 0 and rep["peak"]["anon"] > rep["baseline"]["anon"] > 0
+    assert "dense_0" in out and "timeline" in out
+    # the script's exit status comes through, and a budget verdict is still printed
+    rc, out, err = run_cli(capsys, "profile", "--budget", "1GiB", "--", sys.executable, script,
+                           tmp_path / "params2", 3)
+    assert rc == 3 and "within the budget" in out and "exited with status 3" in out
+
+
+def test_profile_other_command_samples_from_outside(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "profile", "--json", "-", "--", "sleep", "0.2")
+    assert rc == 0
+    rep = json.loads(out)
+    assert not rep["instrumented"] and rep["phases"] == [] and rep["peak"]["rss"] > 0
+    assert rep["baseline"]["anon"] == 0 and "not a Python script" in err
+
+
+def test_profile_usage_errors(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "profile")
+    assert rc == 2 and "expected CONFIG.toml" in err
+    cfg = make_task(tmp_path)
+    rc, out, err = run_cli(capsys, "profile", cfg, "--", "sleep", "0")
+    assert rc == 2 and "not both" in err
+    rc, out, err = run_cli(capsys, "profile", "--", "no-such-command-xyz")
+    assert rc == 2 and "cannot run" in err
+    rc, out, err = run_cli(capsys, "profile", cfg, "--budget", "lots")
+    assert rc == 2 and "budget must be a positive byte count" in err
+
+
+def test_python_target_recognises_python():
+    assert python_target(["python3", "x.py", "-v"]) == ("python3", ["x.py", "-v"])
+    assert python_target(["python", "-m", "mod"]) == ("python", ["-m", "mod"])
+    assert python_target(["python", "-X", "dev", "x.py"]) is None  # interpreter flags: not instrumented
+    assert python_target(["sleep", "1"]) is None
+
+
+def test_profiler_in_process_and_timeline_text():
+    with Profiler(interval=0.005) as prof:
+        with phases.phase("forward", "layer_a"):
+            buf = bytearray(32 * MiB)
+            buf[:: 4096] = b"x" * len(buf[:: 4096])
+            with phases.phase("update"):  # nested: keeps the layer
+                del buf
+    rep = prof.report()
+    fwd = next(p for p in rep["phases"] if p["phase"] == "forward")
+    assert fwd["peak_tracemalloc"] >= 32 * MiB and fwd["peak_anon"] >= rep["baseline"]["anon"] + 24 * MiB
+    assert [l["layer"] for l in rep["layers"]] == ["layer_a"]
+    assert set(rep["layers"][0]["phases"]) == {"forward", "update"}
+    check_budget(rep, 1 * MiB, 0)
+    text = "\n".join(timeline_text(rep, width=40, height=6))
+    assert "budget + baseline" in text and "phase" in text
+    assert "OVER the budget" in format_report(rep)
+    assert phases._listener is None  # stopped listening
+
+
+def test_rss_sampler_still_works_for_benchmarks():
+    with RssSampler(interval=0.005) as s:
+        x = bytearray(16 * MiB)
+        x[:: 4096] = b"y" * len(x[:: 4096])
+    assert s.peak["rss"] >= s.peak["anon"] > 16 * MiB and len(s.samples) >= 2
+    assert len(s.samples[0]) == 5
+
+
+def test_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, err = run_cli(capsys, "profile", cfg, "--plot", tmp_path / "t.png", "--budget", "64MiB",
+                           "--no-progress", "--no-tracemalloc")
+    assert rc in (0, 1), err
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
