@@ -12,10 +12,14 @@ Data:
 * ``--corpus lee`` (default when gensim is installed): the Lee background corpus
   that gensim ships in its test data (real English news text, ~60k tokens); the
   vocabulary is its words. Small, but real: neighbours should be related words.
-* ``--corpus synthetic``: a generated corpus over ``--vocab`` word ids with Zipfian
-  frequencies and planted topics (each sentence draws its words from one topic's
-  slice of every frequency band), so a word's true neighbours are the words of
-  its topic; the printout says how many of each word's neighbours share its topic.
+* ``--corpus words``: the V >= 10^6 scale run over a real vocabulary: wordfreq's
+  ``--vocab`` most frequent words (across its languages) with their real
+  frequencies; sentences are generated with planted topics (below).
+* ``--corpus synthetic``: the same over ``--vocab`` word ids with Zipfian
+  frequencies.  Generated corpora plant topics (each sentence draws its words
+  from one topic's slice of every frequency band), so a word's true neighbours
+  are the words of its topic; the printout says how many of each word's
+  neighbours share its topic.
 
 Nearest neighbours are computed by cosine similarity, streaming the embedding
 table from the store in row blocks (it is never whole in RAM).
@@ -43,20 +47,32 @@ def lee_corpus() -> list[list[str]]:
 
 
 class Synthetic:
-    """A Zipfian corpus over V ids with ``topics`` planted topics; word w belongs to topic w % topics."""
+    """A corpus over V ids (id = frequency rank) with ``topics`` planted topics; word w is in topic w % topics.
 
-    def __init__(self, V: int, topics: int = 1000, seed: int = 0) -> None:
+    Each sentence picks a topic and draws its words by frequency -- Zipf(1.2) over ranks, or the real
+    frequencies ``freqs`` when given -- each moved to the word of that topic with the nearest rank.
+    """
+
+    def __init__(self, V: int, topics: int = 1000, seed: int = 0, freqs: np.ndarray | None = None) -> None:
         self.V, self.topics = V, topics
         self.rng = np.random.default_rng(seed)
+        self.freqs = freqs
+        self._cdf = np.cumsum(freqs / freqs.sum()) if freqs is not None else None
 
     def sentence(self, length: int = 12) -> np.ndarray:
         t = self.rng.integers(self.topics)
+        if self._cdf is not None:
+            ranks = np.minimum(np.searchsorted(self._cdf, self.rng.random(length)), self.V - 1)
+            ids = ranks - ranks % self.topics + t
+            return ids[ids < self.V]
         ranks = self.rng.zipf(1.2, size=length * 3)
         ranks = ranks[ranks <= self.V // self.topics][:length]  # (compare before multiplying: no overflow)
         # the rank-th word of topic t: ids t, t + topics, t + 2*topics, ... (frequency falls with the id)
         return (ranks - 1) * self.topics + t
 
     def counts(self) -> np.ndarray:
+        if self.freqs is not None:
+            return self.freqs
         ranks = np.arange(self.V) // self.topics + 1
         return ranks.astype(np.float64) ** -1.2
 
@@ -94,7 +110,9 @@ def neighbours(store, key: str, words: np.ndarray, k: int = 8, block: int = 6553
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus", choices=["lee", "synthetic"], default=None)
+    p.add_argument("--corpus", choices=["lee", "synthetic", "words"], default=None,
+                   help="lee: real text (gensim); synthetic: generated ids; words: generated text over wordfreq's "
+                        "real vocabulary and frequencies (pip install wordfreq)")
     p.add_argument("--vocab", type=int, default=1_000_000, help="synthetic vocabulary size")
     p.add_argument("--sentences", type=int, default=200_000, help="synthetic sentences")
     p.add_argument("--dim", type=int, default=64)
@@ -128,13 +146,26 @@ def main() -> None:
         data_note = f"gensim's Lee background corpus: {sum(map(len, ids)):,} tokens, V = {V:,} words (count >= 2)"
     else:
         V = args.vocab
-        gen = Synthetic(V)
+        words = None
+        if args.corpus == "words":
+            from oocnet.data import wordfreq_vocabulary
+
+            words, freqs = wordfreq_vocabulary(V)
+            V = len(words)
+            gen = Synthetic(V, freqs=freqs)
+        else:
+            gen = Synthetic(V)
         counts = gen.counts()
         centres, contexts = pairs((gen.sentence() for _ in range(args.sentences)), args.window, rng)
         probes = np.array([0, 1, 7, 1000, 5003, 20011]) % V
-        name = lambda i: f"w{i}(t{i % gen.topics})"  # noqa: E731
-        data_note = (f"synthetic Zipfian corpus, V = {V:,} ids, {args.sentences:,} sentences, "
-                     f"{gen.topics} planted topics")
+        if words is not None:
+            name = lambda i: f"{words[i]}(t{i % gen.topics})"  # noqa: E731
+            data_note = (f"generated corpus over wordfreq's {V:,} most frequent words (42 languages) with their "
+                         f"real frequencies, {args.sentences:,} sentences, {gen.topics} planted topics")
+        else:
+            name = lambda i: f"w{i}(t{i % gen.topics})"  # noqa: E731
+            data_note = (f"synthetic Zipfian corpus, V = {V:,} ids, {args.sentences:,} sentences, "
+                         f"{gen.topics} planted topics")
     print(f"data: {data_note}; {len(centres):,} (centre, context) pairs")
     sampler = oc.UnigramSampler(counts, power=0.75, seed=1)
     base = memory_now()["rss"]
@@ -161,7 +192,7 @@ def main() -> None:
     for w, row in zip(probes, nn):
         line = ", ".join(name(int(j)) for j in row)
         extra = ""
-        if args.corpus == "synthetic":
+        if args.corpus != "lee":
             extra = f"  [{int(np.sum(row % gen.topics == w % gen.topics))}/{len(row)} share its topic]"
         print(f"{name(int(w)):>16}: {line}{extra}")
     model.close()
