@@ -204,3 +204,19 @@ class ParamAccess:
         self.pager.scatter(key, rows, param)
         for s, values in state.items():
             self.pager.scatter(f"{key}:{s}", rows, values)
+
+
+def backward_row_tiles(access: ParamAccess, name: str, x: np.ndarray, delta: np.ndarray,
+                       dx: np.ndarray | None) -> None:
+    """Backward of ``s = x @ P`` for a parameter P (rows = inputs) processed in its row tiles.
+
+    Per tile, top tile first (the one forward read last is likeliest still in RAM):
+    ``dx[:, a:b] = delta @ P[a:b].T`` with the tile as it was, then the gradient
+    ``x[:, a:b].T @ delta`` and the update.
+    """
+    for a, b in reversed(access.tiles(name)):
+        with access.update(name, a, b) as (p, grad, apply):
+            if dx is not None:
+                np.matmul(delta, p.T, out=dx[:, a:b])
+            np.matmul(x[:, a:b].T, delta, out=grad)
+            apply()

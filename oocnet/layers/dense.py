@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..init import check_init
-from .base import Layer, ParamSpec
+from .base import Layer, ParamSpec, backward_row_tiles
 
 
 class Dense(Layer):
@@ -76,13 +76,7 @@ class Dense(Layer):
             with access.update("b", 0, self.n_out) as (_, grad, apply):
                 np.sum(delta, axis=0, out=grad)
                 apply()
-        # Reverse tile order: the tile forward used last is likeliest still in RAM.
-        for a, b in reversed(access.tiles("W")):
-            with access.update("W", a, b) as (w, grad, apply):
-                if need_dx:
-                    np.matmul(delta, w.T, out=dx[:, a:b])
-                np.matmul(x[:, a:b].T, delta, out=grad)
-                apply()
+        backward_row_tiles(access, "W", x, delta, dx)
         return dx
 
     def __repr__(self) -> str:

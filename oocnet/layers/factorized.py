@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..init import check_init
 from ..sparse import SparseBatch, prepare
-from .base import Layer, ParamSpec
+from .base import Layer, ParamSpec, backward_row_tiles
 
 
 def _check_rank(rank, n_in: int, n_out: int, what: str) -> int:
@@ -147,13 +147,7 @@ class FactorizedDense(Layer):
         h = _project(access, "U", x)
         dh = _update_v(access, h, delta)
         dx = np.empty((delta.shape[0], self.n_in), dtype=delta.dtype) if need_dx else None
-        # Reverse tile order: the tile _project read last is likeliest still in RAM.
-        for a, b in reversed(access.tiles("U")):
-            with access.update("U", a, b) as (u, grad, apply):
-                if need_dx:
-                    np.matmul(dh, u.T, out=dx[:, a:b])
-                np.matmul(x[:, a:b].T, dh, out=grad)
-                apply()
+        backward_row_tiles(access, "U", x, dh, dx)
         return dx
 
     def describe(self) -> str:
