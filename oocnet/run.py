@@ -417,10 +417,10 @@ def evaluate(spec: RunSpec, *, data=None, labels=None, top_k: int | None = None,
 def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> dict:
     """What a store holds: parameters (shape, dtype, bytes), last commit and metadata, journal and lock state.
 
-    Opens the store read-only (no lock is taken, nothing is written).  If a
-    journal holds uncommitted changes (a writer crashed, or is running), the
-    parameters cannot be listed read-only; the journal and lock are still
-    described and ``error`` says why.
+    Opens the store read-only (no lock is taken, nothing is written): it shows
+    the last commit even while a writer has uncommitted changes (the journal
+    and lock say so).  If the store cannot be opened read-only (e.g. a crashed
+    writer left parameters the last commit does not cover), ``error`` says why.
     """
     import psutil
 
@@ -481,8 +481,9 @@ def format_inspect(info: dict) -> str:
     owner = (f"writer pid {lk['pid']} is running" if lk["running"] else
              f"writer pid {lk['pid']} is not running: it crashed" if lk["pid"] else "no writer recorded")
     if j["exists"]:
-        lines.append(f"journal    {format_bytes(j['bytes'])}: changes since the last commit ({owner}); opening the "
-                     f"store writable rolls them back")
+        lines.append(f"journal    {format_bytes(j['bytes'])}: changes since the last commit ({owner}); "
+                     f"{'its next commit keeps them' if lk['running'] else 'opening the store writable rolls them back'}"
+                     f"; shown below: the last commit")
     else:
         lines.append("journal    none: the files are at the last commit")
     lines.append(f"lock       {'held by pid ' + str(lk['pid']) + ' (running)' if lk['running'] else 'free'}")

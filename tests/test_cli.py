@@ -138,11 +138,12 @@ def test_inspect(tmp_path, capsys):
     shapes = {p["key"]: p["shape"] for p in info["parameters"]}
     assert shapes["embedding_0/W"] == [V, 16] and info["last_commit"]["step"] == 63
     assert info["param_bytes"] == (V * 16 + 16 * CLASSES + CLASSES) * 4
-    # uncommitted writes leave a journal: inspect says so (and why it cannot list parameters read-only)
+    # uncommitted writes leave a journal: inspect says so, and still shows the last commit
     with oc.open_store(tmp_path / "params") as st:
         st.write_rows("embedding_0/W", 0, np.zeros((3, 16), np.float32))
-        rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params")
-        assert rc == 0 and "changes since the last commit" in out and "cannot be listed read-only" in out
+        rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params", "--verify")
+        assert rc == 0 and "changes since the last commit" in out and "embedding_0/W" in out
+        assert "every block matches its checksum" in out  # a reader sees the committed images
         assert "lock       held by pid" in out
     rc, out, err = run_cli(capsys, "inspect", tmp_path / "nothing")
     assert rc == 2 and "no store at" in err

@@ -174,12 +174,28 @@ def test_a_stale_journal_is_deleted_not_applied(tmp_path):
     assert not (path / "journal").exists()
 
 
-def test_read_only_open_with_a_pending_journal_says_what_to_do(tmp_path):
-    path = tmp_path / "p"
-    s = _store_with_pending(path)
-    with pytest.raises(StoreError, match="Open the store writable once to roll them back"):
-        open_store(path, read_only=True)
-    s.close()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_readers_see_the_last_commit_while_a_writer_changes_rows(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    committed = np.arange(50 * 4, dtype=float).reshape(50, 4)
+    writer = open_store(path)
+    writer.create("w", (50, 4), "float64", init=committed)
+    writer.commit(step=1)
+    writer.write_index("w", np.array([3, 7]), np.full((2, 4), -1.0))  # before the reader opens
+    reader = open_store(path, read_only=True)
+    np.testing.assert_array_equal(reader.read("w"), committed)
+    writer.write_rows("w", 20, np.full((5, 4), -2.0))  # while the reader is open
+    writer.write_index("w", np.array([3]), np.full((1, 4), -9.0))  # a row changed twice
+    np.testing.assert_array_equal(reader.read("w"), committed)
+    np.testing.assert_array_equal(reader.read_rows("w", 18, 26), committed[18:26])
+    np.testing.assert_array_equal(reader.read_index("w", [24, 3, 0, 3]), committed[[24, 3, 0, 3]])
+    writer.commit(step=2)
+    with pytest.raises(StoreError, match="reopen it to read the new commit"):
+        reader.read("w")
+    reader.close()
+    with open_store(path, read_only=True) as fresh:
+        assert fresh.last_commit["step"] == 2 and fresh.read_index("w", [3])[0, 0] == -9.0
+    writer.close()
 
 
 # -- one writer -----------------------------------------------------------------------------------

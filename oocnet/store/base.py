@@ -215,6 +215,9 @@ class Store(abc.ABC):
     def _after_create(self, key: str) -> None:
         """Called after a parameter was created."""
 
+    def _patch_read(self, key: str, start: int, stop: int, ids: np.ndarray | None, out: np.ndarray) -> None:
+        """Called after rows were read into ``out`` (rows [start, stop), or the sorted ``ids``)."""
+
     def has_uncommitted(self) -> bool:
         """Whether anything was written since the last commit (always False in RAM)."""
         return False
@@ -372,6 +375,7 @@ class Store(abc.ABC):
         info = self._checked_info(key)
         out = self._check_out(info, info.n_rows, out, "read")
         self._read_rows(key, 0, info.n_rows, out)
+        self._patch_read(key, 0, info.n_rows, None, out)
         return out
 
     def read_rows(self, key: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -381,6 +385,7 @@ class Store(abc.ABC):
         out = self._check_out(info, b - a, out, "read_rows")
         if b > a:
             self._read_rows(key, a, b, out)
+            self._patch_read(key, a, b, None, out)
         return out
 
     def read_index(self, key: str, rows, out: np.ndarray | None = None) -> np.ndarray:
@@ -395,10 +400,12 @@ class Store(abc.ABC):
             return out
         if ids.size == 1 or np.all(ids[1:] > ids[:-1]):
             self._read_index(key, ids, out)
+            self._patch_read(key, 0, 0, ids, out)
         else:
             uniq, inverse = np.unique(ids, return_inverse=True)
             tmp = np.empty((uniq.size, *info.row_shape), dtype=info.dtype)
             self._read_index(key, uniq, tmp)
+            self._patch_read(key, 0, 0, uniq, tmp)
             np.take(tmp, inverse, axis=0, out=out)
         return out
 

@@ -45,6 +45,15 @@ fails, unless asked to open it anyway (``allow_corrupt=True``).
 
 One writer at a time: a writable store holds an exclusive ``flock`` on a lock
 file (``<store>.lock``) holding its pid; a second writer is told that pid.
+
+Readers (``read_only=True``) take no lock and see the last commit.  The files
+may hold a running writer's uncommitted rows, but each such row's committed
+image is in the journal before the row is written, so a reader reads the
+files, *then* takes in any journal records appended since its last look, and
+patches those rows back.  It then checks the commit record: if the writer has
+committed since the reader opened, the journal that held the old images is
+gone, and the read fails asking to reopen.  (A reader holds at most 1 GiB of
+old images.)
 """
 
 from __future__ import annotations
@@ -172,6 +181,12 @@ class DurableStore:
     def _drop_params(self, keys: list[str]) -> None:
         """Delete parameters the last commit does not cover (at open)."""
 
+    def _commit_record_path(self) -> Path:
+        """The file holding the commit record."""
+
+    def _read_generation(self) -> int:
+        """The generation in the commit record on disk now."""
+
     # -- state -------------------------------------------------------------------------
     def _durable_init(self, dir_fd: int) -> None:
         self._dir_fd_durable = dir_fd
@@ -224,12 +239,7 @@ class DurableStore:
                     f"journal {path} rolls back to generation {base}, but the store's last commit is {gen}; "
                     f"expected a generation <= {gen}. The commit record may have been replaced by an older copy."
                 )
-            if base == gen:
-                if self.read_only:
-                    raise StoreError(
-                        f"{path} holds changes made after the last commit (a writer crashed, or is running). "
-                        f"Open the store writable once to roll them back (read-only opens cannot)."
-                    )
+            if base == gen and not self.read_only:
                 self._rollback(path)
                 rolled = True
             if not self.read_only:
@@ -241,8 +251,84 @@ class DurableStore:
                     f"open the store writable once to drop them (read-only opens cannot)."
                 )
             self._drop_params(stale)
+        if self.read_only:
+            # A reader sees the last commit: rows a writer has changed since are read from the
+            # journal's old images (refreshed at every read, see _patch_read).
+            self._snap: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            self._snap_pos: int | None = None
+            self._snap_bytes = 0
+            self._record_stat = self._stat_record()
+            self._refresh_snapshot()
         if verify:
             self._verify_changed(allow_corrupt, rolled)
+
+    # -- readers at the last commit ----------------------------------------------------------
+    #: A reader keeps at most this many bytes of old row images; past it, reopen after a commit.
+    SNAPSHOT_BYTES = 2**30
+
+    def _stat_record(self):
+        try:
+            st = os.stat(self._commit_record_path())
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _refresh_snapshot(self) -> None:
+        """Take in journal records appended since the last look; fail if a writer committed since open."""
+        path = self._journal_path()
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            size = 0
+        if size and self._snap_pos is None and jr.read_base_generation(path) == self._commit["generation"]:
+            self._snap_pos = jr._HEAD.size
+        if self._snap_pos is not None and size > self._snap_pos:
+            end: list = []
+            infos = {k: self._info(k) for k in self._keys()}
+            recs = jr.scan(path, lambda k: infos[k].row_nbytes if k in infos else None, start=self._snap_pos,
+                           end_out=end)
+            for rec in recs:
+                info = infos[rec.key]
+                old = np.frombuffer(jr.read_rows(path, rec, 0, rec.ids.size), dtype=info.dtype)
+                old = old.reshape((rec.ids.size, *info.row_shape))
+                have_ids, have_rows = self._snap.get(rec.key, (np.zeros(0, np.int64), old[:0]))
+                fresh = ~np.isin(rec.ids, have_ids)  # the oldest image of a row wins
+                ids = np.concatenate([have_ids, rec.ids[fresh]])
+                rows = np.concatenate([have_rows, old[fresh]])
+                order = np.argsort(ids, kind="stable")
+                self._snap[rec.key] = (ids[order], rows[order])
+                self._snap_bytes += old[fresh].nbytes
+            self._snap_pos = end[0]
+            if self._snap_bytes > self.SNAPSHOT_BYTES:
+                raise StoreError(
+                    f"a writer has changed more than {self.SNAPSHOT_BYTES >> 20} MiB of {self.path} since this "
+                    f"read-only store was opened; reopen it after the writer's next commit."
+                )
+        st = self._stat_record()
+        if st != self._record_stat:
+            if self._read_generation() != self._commit["generation"]:
+                raise StoreError(
+                    f"{self.path} was committed by its writer since this read-only store was opened at "
+                    f"generation {self._commit['generation']}; reopen it to read the new commit."
+                )
+            self._record_stat = st
+
+    def _patch_read(self, key, start, stop, ids, out) -> None:
+        if not self.read_only or self._closed:
+            return
+        self._refresh_snapshot()
+        snap = self._snap.get(key)
+        if snap is None:
+            return
+        s_ids, s_rows = snap
+        if ids is None:
+            lo, hi = np.searchsorted(s_ids, [start, stop])
+            if hi > lo:
+                out[s_ids[lo:hi] - start] = s_rows[lo:hi]
+        else:
+            pos = np.minimum(np.searchsorted(s_ids, ids), s_ids.size - 1)
+            hit = s_ids[pos] == ids
+            out[hit] = s_rows[pos[hit]]
 
     def _rollback(self, path: Path) -> None:
         def row_nbytes_of(key: str):
@@ -313,6 +399,7 @@ class DurableStore:
             if buf is None or buf.shape[0] != s - r:
                 buf = np.empty((s - r, *info.row_shape), dtype=info.dtype)
             self._read_rows(key, r, s, buf)
+            self._patch_read(key, r, s, None, buf)  # a reader checks the committed images
             total = ck.add(total, ck.block_sum(buf, r))
         return total
 

@@ -608,6 +608,13 @@ class HDF5Store(DurableStore, Store):
             raise StoreFormatError(f"{path}: expected 'checksums' and 'metadata' to be objects.")
         return doc
 
+    def _commit_record_path(self) -> Path:
+        return self._sidecar(".commit.json")
+
+    def _read_generation(self) -> int:
+        doc = self._load_commit()
+        return int(doc["generation"]) if doc else 0
+
     def _persist_commit(self, record: dict) -> None:
         doc = {"format": COMMIT_FORMAT, "version": FORMAT_VERSION, **record}
         write_atomic(self._sidecar(".commit.json"), json.dumps(doc, indent=1).encode("ascii"), self._dir_fd_durable)

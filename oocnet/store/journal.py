@@ -176,13 +176,16 @@ class Record:
     row_nbytes: int
 
 
-def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20) -> list[Record]:
+def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = None,
+         end_out: list | None = None) -> list[Record]:
     """Every complete record of the journal at ``path``, oldest first, checksums verified.
 
     Reads the file once in ``chunk``-sized pieces (a journal can be as large as
     everything changed since the commit).  ``row_nbytes_of(key)`` gives the
     expected row size, or None for a key the store does not hold.  A torn last
     record ends the list; a complete but corrupt record raises StoreFormatError.
+    With ``start``, scanning begins at that byte (the end of a previous scan,
+    which ``end_out`` receives as its one element).
     """
     out: list[Record] = []
     try:
@@ -191,7 +194,7 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20) -> list[Record]:
         raise _io(exc, "reading", path) from exc
     with f:
         size = os.fstat(f.fileno()).st_size
-        pos = _HEAD.size
+        pos = _HEAD.size if start is None else start
         while pos < size:
             f.seek(pos)
             head = f.read(_RHEAD.size)
@@ -224,6 +227,8 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20) -> list[Record]:
             out.append(Record(key, np.frombuffer(idb, dtype="<u8").astype(np.int64), pos + _RHEAD.size + klen + 8 * n,
                               rb))
             pos = end
+    if end_out is not None:
+        end_out.append(pos)
     return out
 
 

@@ -891,6 +891,16 @@ class MemmapStore(DurableStore, Store):
     def _block_files(self, key: str) -> list[Path]:
         return [self.path / s.file for s in self._params[key].shards]
 
+    def _commit_record_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def _read_generation(self) -> int:
+        try:
+            doc = json.loads((self.path / MANIFEST).read_bytes())
+            return int((doc.get("commit") or {}).get("generation", 0))
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreIOError(f"reading {self.path / MANIFEST} failed: {exc}.") from exc
+
     def _persist_commit(self, record: dict) -> None:
         old = self._commit_record
         self._commit_record = record
