@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..init import check_init
-from .base import Layer, ParamSpec, backward_row_tiles
+from .base import Layer, ParamSpec, backward_row_tiles, forward_row_tiles
 
 
 class Dense(Layer):
@@ -57,14 +57,7 @@ class Dense(Layer):
         return specs
 
     def forward(self, access, x):
-        s = None
-        for a, b in access.tiles("W"):
-            with access.read("W", a, b) as w:
-                part = x[:, a:b] @ w
-            if s is None:
-                s = part
-            else:
-                s += part
+        s = forward_row_tiles(access, "W", x)
         if self.bias:
             with access.read("b", 0, self.n_out) as bvec:
                 s += bvec

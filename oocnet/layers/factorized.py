@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..init import check_init
 from ..sparse import SparseBatch, prepare
-from .base import Layer, ParamSpec, backward_row_tiles
+from .base import Layer, ParamSpec, backward_row_tiles, forward_row_tiles
 
 
 def _check_rank(rank, n_in: int, n_out: int, what: str) -> int:
@@ -42,32 +42,6 @@ def _split_init(init, default: tuple, shapes: tuple, what: str) -> tuple:
         if isinstance(init, np.ndarray):
             raise ConfigError(f"init of {what} must give an array per factor: pass (U, V), got one array.")
     return (check_init(pair[0], shapes[0], f"{what} U"), check_init(pair[1], shapes[1], f"{what} V"))
-
-
-def _project(access, name: str, x) -> np.ndarray:
-    """h = x @ U, accumulated over U's row tiles."""
-    h = None
-    for a, b in access.tiles(name):
-        with access.read(name, a, b) as u:
-            part = x[:, a:b] @ u
-        if h is None:
-            h = part
-        else:
-            h += part
-    return h
-
-
-def _apply_v(access, h: np.ndarray) -> np.ndarray:
-    """s = h @ V, accumulated over V's row tiles."""
-    s = None
-    for a, b in access.tiles("V"):
-        with access.read("V", a, b) as v:
-            part = h[:, a:b] @ v
-        if s is None:
-            s = part
-        else:
-            s += part
-    return s
 
 
 def _update_v(access, h: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -133,7 +107,7 @@ class FactorizedDense(Layer):
         return specs
 
     def forward(self, access, x):
-        s = _apply_v(access, _project(access, "U", x))
+        s = forward_row_tiles(access, "V", forward_row_tiles(access, "U", x))
         if self.bias:
             with access.read("b", 0, self.n_out) as bvec:
                 s += bvec
@@ -144,7 +118,7 @@ class FactorizedDense(Layer):
             with access.update("b", 0, self.n_out) as (_, grad, apply):
                 np.sum(delta, axis=0, out=grad)
                 apply()
-        h = _project(access, "U", x)
+        h = forward_row_tiles(access, "U", x)
         dh = _update_v(access, h, delta)
         dx = np.empty((delta.shape[0], self.n_in), dtype=delta.dtype) if need_dx else None
         backward_row_tiles(access, "U", x, dh, dx)
@@ -208,9 +182,9 @@ class FactorizedEmbedding(Layer):
         rows = access.gather("U", x.rows)
         if access.training:
             x.held["U"] = rows  # kept for backward; the model gives them back if backward does not run
-            return _apply_v(access, np.asarray(x.local @ rows))
+            return forward_row_tiles(access, "V", np.asarray(x.local @ rows))
         try:
-            return _apply_v(access, np.asarray(x.local @ rows))
+            return forward_row_tiles(access, "V", np.asarray(x.local @ rows))
         finally:
             access.release("U", x.rows)
 
