@@ -203,3 +203,47 @@ def test_zero_copy_store_hands_out_live_views():
         w += 1
     assert np.all(store.read("w") == 1)
     assert pager.stats.bytes_read == 0
+
+
+# -- the row cache ---------------------------------------------------------------------------------
+
+class CountingStore(CopyingStore):
+    """Counts index writes (each one is a journal fsync on a durable store)."""
+
+    def __init__(self):
+        super().__init__()
+        self.index_writes: list[int] = []
+
+    def _write_index(self, key, rows, value):
+        self.index_writes.append(len(rows))
+        super()._write_index(key, rows, value)
+
+
+@pytest.mark.parametrize("capacity", [64, 320, 900, 2000])
+def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
+    from oocnet.paging.rowcache import RowCache
+
+    n, d = 1000, 3
+    store = CountingStore()
+    store.create("W", (n, d), "float64", init=lambda a, b: np.arange(a * d, b * d, dtype=float).reshape(-1, d))
+    ref = store.read_rows("W", 0, n).copy()
+    cache = RowCache(store, "W", capacity)
+    rng = np.random.default_rng(capacity)
+    for step in range(300):
+        rows = np.unique(rng.zipf(1.3, size=rng.integers(1, 40)) % n)[: cache.capacity]
+        np.testing.assert_array_equal(cache.gather(rows), ref[rows])
+        new = rng.standard_normal((rows.size, d))
+        cache.scatter(rows, new)
+        ref[rows] = new
+        held = cache.row_of_slot[cache.row_of_slot >= 0]
+        assert np.unique(held).size == held.size  # never two slots for one row
+        assert cache.table.lookup(held).tolist() == np.flatnonzero(cache.row_of_slot >= 0).tolist()
+    evicted = cache.misses - cache.capacity
+    writes_before_flush = len(store.index_writes)
+    cache.flush()
+    np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
+    if evicted <= 0:  # the cache never filled: everything is written at the flush, in one call
+        assert writes_before_flush == 0 and len(store.index_writes) == 1
+    else:
+        # Every row is dirty here, and victims leave in batches of capacity/32 or more.
+        assert 0 < writes_before_flush <= evicted / cache.batch + 1

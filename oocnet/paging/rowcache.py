@@ -11,8 +11,10 @@ the pager keeps each sparse parameter's recently used rows in a
 * misses are read from the store in one ``read_index`` call (sorted, so
   backends read contiguous runs) into free slots;
 * when the cache is full, CLOCK (second-chance) picks victims: a slot used
-  since the hand last passed gets another lap; dirty victims are written back
-  in one ``write_index`` call before their slots are reused;
+  since the hand last passed gets another lap.  Victims are taken in batches of
+  1/32 of the capacity (the spare ones wait on a free list for the next
+  misses), so their write-back -- one ``write_index`` call, which on a durable
+  store means one journal ``fsync`` -- happens every few steps, not every step;
 * :meth:`flush` writes every dirty row back (commit, close, state_dict).
 
 Everything is sized by the capacity, never by the vocabulary, and the arrays
@@ -52,13 +54,16 @@ class RowCache:
         self.table = IdTable(self.capacity)
         self.hand = 0
         self.used = 0  # slots [0, used) have held a row
+        self.free = np.empty(self.capacity, dtype=np.int64)  # evicted, empty slots: free[:n_free]
+        self.n_free = 0
+        self.batch = max(1, self.capacity // 32)
         self.bytes_read = self.bytes_written = self.hits = self.misses = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes the cache may hold at full occupancy (its budget)."""
         return (self.data.nbytes + self.row_of_slot.nbytes + self.dirty.nbytes + self.ref.nbytes
-                + self.table.nbytes)
+                + self.free.nbytes + self.table.nbytes)
 
     def fits(self, n_rows: int) -> bool:
         """Whether a batch touching ``n_rows`` distinct rows can be served from the cache."""
@@ -66,15 +71,29 @@ class RowCache:
 
     # -- slots ---------------------------------------------------------------------------
     def _victims(self, k: int, protect: np.ndarray) -> np.ndarray:
-        """``k`` slots to reuse: never-used ones first, then CLOCK; dirty victims are written back."""
+        """``k`` empty slots: never-used ones first, then freed ones, then CLOCK victims.
+
+        CLOCK evicts at least ``batch`` rows at a time; dirty victims are written
+        back, and the slots not needed now go on the free list.
+        """
         fresh = np.arange(self.used, min(self.capacity, self.used + k))
         self.used += fresh.size
         need = k - fresh.size
         if need == 0:
             return fresh
+        if self.n_free:
+            take = min(need, self.n_free)
+            self.n_free -= take
+            fresh = np.concatenate([fresh, self.free[self.n_free : self.n_free + take]])
+            need -= take
+            if need == 0:
+                return fresh
         guard = np.zeros(self.capacity, dtype=bool)
         guard[protect] = True
         guard[fresh] = True  # just handed out above: never a victim too (one slot for two rows)
+        guard[self.free[: self.n_free]] = True  # already empty
+        wanted = need
+        need = max(need, min(self.batch, self.capacity - int(np.count_nonzero(guard))))
         chosen: list[np.ndarray] = []
         # At most two laps: the first clears reference bits, the second finds them clear.
         window = max(need * 2, 1024)
@@ -100,7 +119,10 @@ class RowCache:
         self._write_back(victims)
         self.table.delete(self.row_of_slot[victims])
         self.row_of_slot[victims] = -1
-        return np.concatenate([fresh, victims])
+        spare = victims[wanted:]
+        self.free[self.n_free : self.n_free + spare.size] = spare
+        self.n_free += spare.size
+        return np.concatenate([fresh, victims[:wanted]])
 
     def _write_back(self, slots: np.ndarray) -> None:
         slots = slots[self.dirty[slots]]
@@ -157,4 +179,5 @@ class RowCache:
         self.row_of_slot.fill(-1)
         self.ref.fill(False)
         self.used = 0
+        self.n_free = 0
         self.hand = 0

@@ -417,8 +417,14 @@ class DurableStore:
         """Journal the committed image of rows ``ids`` (sorted) of ``key`` not journaled yet."""
         if self._replaying or key in self._uncommitted:
             return  # a parameter created since the commit is dropped whole on rollback
-        done = self._journaled.get(key)
-        new = ids if done is None else ids[~np.isin(ids, done, assume_unique=True)]
+        done = self._journaled.get(key)  # sorted: membership by binary search, O(len(ids) log n)
+        if done is None:
+            new = ids
+        else:
+            pos = np.searchsorted(done, ids)
+            seen = pos < done.size
+            seen[seen] = done[pos[seen]] == ids[seen]
+            new = ids[~seen]
         if new.size == 0:
             return
         if self._journal is None:
@@ -438,7 +444,7 @@ class DurableStore:
             for j in np.unique(blk).tolist():
                 sel = blk == j
                 delta[j] = ck.sub(delta.get(j, 0), ck.sum_at(old[sel], ids_p[sel]))
-        self._journaled[key] = new if done is None else np.union1d(done, new)
+        self._journaled[key] = new.copy() if done is None else np.insert(done, np.searchsorted(done, new), new)
 
     def _after_create(self, key: str) -> None:
         self._uncommitted.add(key)

@@ -129,6 +129,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import stat
 import sys
@@ -194,6 +195,25 @@ _SPAN_BYTES = 256 * 2**10
 _CRC_CHUNK_BYTES = 4 * 2**20
 # Longest file-name stem before it is shortened (NAME_MAX is 255 bytes).
 _MAX_STEM = 200
+# Initial values are written in pieces that end on page boundaries (see _create).
+_PAGE = mmap.PAGESIZE
+
+
+def _advise_random(fd: int) -> None:
+    """Tell the kernel this file is read at random: no readahead, and page-sized cache pages.
+
+    Rows are read by exact runs, so readahead would only read what nobody asked
+    for.  It matters more for writes: without this flag the kernel fills its
+    cache with large folios (up to megabytes), and writing one 512-byte row into
+    a clean large folio dirties all of it -- measured on ext4 (Linux 6.18) at
+    24-48 us a row under dirty-page throttling, against 2.5 us when the cached
+    page is a single 4 KiB page.
+    """
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except OSError:  # pragma: no cover - advisory only
+            pass
 
 
 @dataclass(eq=False)  # identity hashing: shards go into the "written" set
@@ -555,6 +575,7 @@ class MemmapStore(DurableStore, Store):
                         fd = os.open(path, os.O_RDONLY if self.read_only else os.O_RDWR)
                     except OSError as exc:
                         raise _io_error(exc, "opening", path) from exc
+                    _advise_random(fd)
                     self._fds[shard.file] = fd
         return fd
 
@@ -767,13 +788,28 @@ class MemmapStore(DurableStore, Store):
         for fut in futures:
             fut.result()
 
-    def _run_writes(self, ops: list, value: np.ndarray) -> None:
-        # Exact runs only (no read-modify-write of gaps, so concurrent writers of
-        # neighbouring rows cannot undo each other).  Writes land in the page
-        # cache; there is nothing to gain from concurrency.
+    def _run_writes(self, ops: list, value: np.ndarray, paged: bool = False) -> None:
+        """Execute write ops from ``value``.
+
+        Exact runs only (no read-modify-write of gaps, so concurrent writers of
+        neighbouring rows cannot undo each other).  Writes land in the page
+        cache; there is nothing to gain from concurrency.  With ``paged``, each
+        run is cut at page boundaries: the kernel sizes the cache pages a write
+        creates by the write's length, and a table whose rows are later
+        rewritten one at a time must be cached in single pages (see
+        :func:`_advise_random`).  A new table's values are written this way.
+        """
         buf = _as_bytes(value)
         for shard, fo, bo, n, _ in ops:
-            self._pwrite(shard, self._fd(shard), buf[bo : bo + n], fo)
+            fd = self._fd(shard)
+            if not paged:
+                self._pwrite(shard, fd, buf[bo : bo + n], fo)
+            else:
+                end, pos = fo + n, fo
+                while pos < end:
+                    nxt = min(end, (pos // _PAGE + 1) * _PAGE)
+                    self._pwrite(shard, fd, buf[bo + pos - fo : bo + nxt - fo], pos)
+                    pos = nxt
             self._written.add(shard)
 
     # -- Store hooks ----------------------------------------------------------------
@@ -816,6 +852,7 @@ class MemmapStore(DurableStore, Store):
                     # parameter (the manifest references no file with this stem).
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                     self._fds[shard.file] = fd
+                    _advise_random(fd)
                     self._pwrite(shard, fd, memoryview(header), 0)
                     # Zeros cost nothing: the data region is a hole until written.
                     os.ftruncate(fd, len(header) + (b - a) * info.row_nbytes)
@@ -827,7 +864,7 @@ class MemmapStore(DurableStore, Store):
             if init is not None:
                 for a, b in chunk_rows(info):  # ~16 MiB of rows in RAM at a time
                     value = init(a, b)
-                    self._run_writes(self._range_ops(p, a, b), value)
+                    self._run_writes(self._range_ops(p, a, b), value, paged=True)
             for shard in shards:  # data durable before the manifest points at it
                 try:
                     os.fsync(self._fds[shard.file])
