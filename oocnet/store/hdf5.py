@@ -115,7 +115,7 @@ from h5py import h5s
 
 from ..errors import ConfigError, OocnetError, StoreError, StoreFormatError, StoreIOError
 from .durable import DurableStore, acquire_lock, write_atomic
-from .memmap import _PIECE_BYTES, _RWF_NOWAIT, MemmapStore, _advise_random, _Param, _Shard
+from .memmap import _PIECE_BYTES, _RWF_NOWAIT, RowFileIO, _advise_random, _Param, _Shard
 from .base import (
     ParamInfo,
     RowInitializer,
@@ -215,26 +215,17 @@ class _Hyperslab:
         self.dsid.write(self.mspace, self.fspace, self.arr)
 
 
-class _Mover:
+class _Mover(RowFileIO):
     """Row transfers with ``preadv``/``pwrite`` on the HDF5 file's own descriptor.
 
     A dataset that :meth:`HDF5Store._raw_layout` accepts is described as a
     memmap-store parameter (:class:`~oocnet.store.memmap._Param`) whose
     "shards" are its runs of chunks lying back to back in the file (usually one
     run: chunks allocated early at creation are consecutive), all naming this
-    one file.  The op planners and runners are :class:`MemmapStore`'s own
-    (coalescing, the page-cache probe, the thread pool for cold reads); they
-    use only the attributes set here and :meth:`_fd`.
+    one file, and moved by :class:`~oocnet.store.memmap.RowFileIO`, the memmap
+    store's row IO (coalescing, the page-cache probe, the thread pool for cold
+    reads).
     """
-
-    _range_ops = MemmapStore._range_ops
-    _index_ops = MemmapStore._index_ops
-    _run_reads = MemmapStore._run_reads
-    _run_writes = MemmapStore._run_writes
-    _pread = MemmapStore._pread
-    _pwrite = MemmapStore._pwrite
-    _pread_cached = MemmapStore._pread_cached
-    _pool_get = MemmapStore._pool_get
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path.parent  # error messages name ``path / shard.file``

@@ -288,7 +288,235 @@ def _parse_commit(where: str, commit: object, params: dict) -> dict | None:
     return commit
 
 
-class MemmapStore(DurableStore, Store):
+class RowFileIO:
+    """Moves row runs between files and arrays with ``preadv``/``pwrite``.
+
+    The planners turn a parameter's row range or sorted row set into ops
+    ``(shard, file_offset, buf_offset, nbytes, where)`` over its shards
+    (:class:`_Param`); the runners execute them (coalesced spans, a
+    non-blocking page-cache probe, a thread pool for cold reads).  Used by
+    :class:`MemmapStore` and by the HDF5 store's raw path.  A subclass provides
+    ``path`` (the folder of the shard files, for messages), ``_fd(shard)``,
+    ``_nowait`` (probe with ``RWF_NOWAIT``), ``_lock``, ``_pool`` (None until
+    the pool is needed) and ``_written`` (a set; shards written are added).
+    """
+
+    def _pool_get(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=_MAX_WORKERS, thread_name_prefix="oocnet-memmap-io"
+                    )
+        return self._pool
+
+    # -- low-level IO ---------------------------------------------------------------
+    def _pread(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> None:
+        """Fill ``buf`` from ``offset``, looping on short reads."""
+        try:
+            while buf:
+                n = os.preadv(fd, [buf], offset)
+                if n == 0:
+                    raise StoreIOError(
+                        f"reading {self.path / shard.file} failed: unexpected end of file at byte {offset}."
+                    )
+                buf = buf[n:]
+                offset += n
+        except OSError as exc:
+            if isinstance(exc, StoreIOError):
+                raise
+            raise _io_error(exc, "reading", self.path / shard.file) from exc
+
+    def _pwrite(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> None:
+        """Write all of ``buf`` at ``offset``, looping on short writes."""
+        try:
+            while buf:
+                n = os.pwrite(fd, buf, offset)
+                buf = buf[n:]
+                offset += n
+        except OSError as exc:
+            raise _io_error(exc, "writing", self.path / shard.file) from exc
+
+    def _range_ops(self, p: _Param, start: int, stop: int, piece: int | None = None) -> list:
+        """Ops ``(shard, file_offset, buf_offset, nbytes, None)`` moving rows ``[start, stop)``.
+
+        Row ``start`` is at buffer offset 0.  Pieces are cut to at most ``piece``
+        bytes (whole rows) so that several can be in flight.
+        """
+        rb = p.info.row_nbytes
+        step = max(1, piece // rb) if piece else stop - start
+        i = int(np.searchsorted(p.stops, start, side="right"))
+        ops, pos = [], start
+        while pos < stop:
+            s = p.shards[i]
+            end = min(stop, s.stop)
+            for a in range(pos, end, step):
+                b = min(end, a + step)
+                ops.append((s, s.offset + (a - s.start) * rb, (a - start) * rb, (b - a) * rb, None))
+            pos = end
+            i += 1
+        return ops
+
+    def _index_ops(self, p: _Param, rows: np.ndarray, merge: bool) -> list:
+        """Ops for sorted unique ``rows``: runs of consecutive rows, within one shard.
+
+        Each run is one op ``(shard, file_offset, buf_offset, nbytes, None)``.
+        With ``merge`` (reads only), runs less than ``_GAP_BYTES`` apart are
+        fetched as one span of at most ``_SPAN_BYTES`` into a scratch buffer and
+        gathered: ops ``(shard, file_offset, None, nbytes, (k, kk, idx))`` put
+        span rows ``idx`` into buffer rows ``[k, kk)``.
+        """
+        rb = p.info.row_nbytes
+        shard_of = np.searchsorted(p.stops, rows, side="right")
+        step = _GAP_BYTES // rb + 1 if merge else 1  # largest row step inside a span
+        brk = np.flatnonzero((np.diff(rows) > step) | (np.diff(shard_of) != 0)) + 1
+        first = np.concatenate(([0], brk))
+        end = np.concatenate((brk, [rows.size]))
+        dense = rows[end - 1] + 1 - rows[first] == end - first  # no gaps: read straight into the buffer
+        starts = np.array([s.start for s in p.shards], dtype=np.int64)
+        offsets = np.array([s.offset for s in p.shards], dtype=np.int64)
+        shards = p.shards
+        f, e = first[dense], end[dense]
+        sh = shard_of[f]
+        file_off = offsets[sh] + (rows[f] - starts[sh]) * rb
+        ops = [
+            (shards[k], fo, i * rb, n * rb, None)
+            for k, fo, i, n in zip(sh.tolist(), file_off.tolist(), f.tolist(), (e - f).tolist())
+        ]
+        cap = max(1, _SPAN_BYTES // rb)
+        for i, j in zip(first[~dense].tolist(), end[~dense].tolist()):
+            shard = shards[int(shard_of[i])]
+            k = i
+            while k < j:  # cut the span into scratch-sized pieces
+                a = int(rows[k])
+                kk = k + int(np.searchsorted(rows[k:j], a + cap))
+                b = int(rows[kk - 1]) + 1
+                ops.append((shard, shard.offset + (a - shard.start) * rb, None, (b - a) * rb, (k, kk, rows[k:kk] - a)))
+                k = kk
+        return ops
+
+    def _pread_cached(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> int:
+        """Read what the page cache holds of ``buf``'s range without blocking; return the bytes read."""
+        got = 0
+        try:
+            while got < len(buf):
+                n = os.preadv(fd, [buf[got:]], offset + got, _RWF_NOWAIT)
+                if n == 0:
+                    break  # end of file: the blocking read reports it
+                got += n
+        except BlockingIOError:  # the rest is not cached
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise _io_error(exc, "reading", self.path / shard.file) from exc
+            self._nowait = False  # not supported here: always read blocking
+        return got
+
+    def _run_reads(self, ops: list, out: np.ndarray) -> None:
+        """Execute read ops into ``out``.
+
+        Cached data is copied serially (threads only add hand-off cost and GIL
+        contention); reads that must go to the disk run on the thread pool, up
+        to _MAX_WORKERS in flight.  Where ``RWF_NOWAIT`` is available, a first
+        non-blocking pass tells the two apart; elsewhere many ops go to the pool.
+        """
+        buf = _as_bytes(out)
+        fds = {s.file: self._fd(s) for s in {op[0] for op in ops}}  # open before fanning out
+        row_shape, dtype = out.shape[1:], out.dtype
+
+        def scratch_for(scratch: np.ndarray | None, n: int) -> np.ndarray:
+            if scratch is None or scratch.size < n:  # at most _SPAN_BYTES per reader
+                scratch = np.empty(max(n, min(_SPAN_BYTES, 4 * n)), dtype=np.uint8)
+            return scratch
+
+        def gather(scratch: np.ndarray, n: int, where: tuple) -> None:
+            k, kk, idx = where
+            np.take(scratch[:n].view(dtype).reshape(-1, *row_shape), idx, axis=0, out=out[k:kk])
+
+        known_cold = False
+        if self._nowait:
+            pending, hits, misses, scratch = [], 0, 0, None
+            for i, op in enumerate(ops):
+                if misses >= 16 and misses > 4 * hits:  # mostly cold: stop probing
+                    pending.extend(ops[i:])
+                    break
+                shard, fo, bo, n, where = op
+                if where is None:
+                    got = self._pread_cached(shard, fds[shard.file], buf[bo : bo + n], fo)
+                    if got < n:
+                        pending.append((shard, fo + got, bo + got, n - got, None))
+                else:
+                    scratch = scratch_for(scratch, n)
+                    got = self._pread_cached(shard, fds[shard.file], memoryview(scratch[:n]), fo)
+                    if got == n:
+                        gather(scratch, n, where)
+                    else:
+                        pending.append(op)
+                if got == n:
+                    hits += 1
+                else:
+                    misses += 1
+            ops, known_cold = pending, self._nowait
+            if not ops:
+                return
+
+        def work(lo: int, hi: int) -> None:
+            scratch = None
+            for shard, fo, bo, n, where in ops[lo:hi]:
+                if where is None:
+                    self._pread(shard, fds[shard.file], buf[bo : bo + n], fo)
+                else:
+                    scratch = scratch_for(scratch, n)
+                    self._pread(shard, fds[shard.file], memoryview(scratch[:n]), fo)
+                    gather(scratch, n, where)
+
+        total = sum(op[3] for op in ops)
+        few = len(ops) < (_PARALLEL_MIN_COLD if known_cold else _PARALLEL_MIN_READS)
+        if few and total <= 2 * _PIECE_BYTES:
+            work(0, len(ops))
+            return
+        # Contiguous groups of ops, one pool task each: enough tasks to keep
+        # _MAX_WORKERS reads in flight, few enough that hand-off cost stays small.
+        per_task = 1 if known_cold else _READS_PER_TASK
+        wanted = max(math.ceil(len(ops) / per_task), math.ceil(total / _PIECE_BYTES))
+        n_tasks = min(_MAX_WORKERS, len(ops), wanted)
+        if n_tasks <= 1:
+            work(0, len(ops))
+            return
+        bounds = np.linspace(0, len(ops), n_tasks + 1).astype(int).tolist()
+        pool = self._pool_get()
+        futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        for fut in futures:  # wait for all before raising, so no read outlives `out`
+            fut.exception()
+        for fut in futures:
+            fut.result()
+
+    def _run_writes(self, ops: list, value: np.ndarray, paged: bool = False) -> None:
+        """Execute write ops from ``value``.
+
+        Exact runs only (no read-modify-write of gaps, so concurrent writers of
+        neighbouring rows cannot undo each other).  Writes land in the page
+        cache; there is nothing to gain from concurrency.  With ``paged``, each
+        run is cut at page boundaries: the kernel sizes the cache pages a write
+        creates by the write's length, and a table whose rows are later
+        rewritten one at a time must be cached in single pages (see
+        :func:`_advise_random`).  A new table's values are written this way.
+        """
+        buf = _as_bytes(value)
+        for shard, fo, bo, n, _ in ops:
+            fd = self._fd(shard)
+            if not paged:
+                self._pwrite(shard, fd, buf[bo : bo + n], fo)
+            else:
+                end, pos = fo + n, fo
+                while pos < end:
+                    nxt = min(end, (pos // _PAGE + 1) * _PAGE)
+                    self._pwrite(shard, fd, buf[bo + pos - fo : bo + nxt - fo], pos)
+                    pos = nxt
+            self._written.add(shard)
+
+
+class MemmapStore(RowFileIO, DurableStore, Store):
     """Parameters in a folder of ``.npy`` row shards, moved with pread/pwrite.
 
     The format is specified in this module's docstring.  Rows are read into
@@ -603,220 +831,6 @@ class MemmapStore(DurableStore, Store):
             n += 1
             candidate = f"{stem}~{n}"
         return candidate
-
-    def _pool_get(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=_MAX_WORKERS, thread_name_prefix="oocnet-memmap-io"
-                    )
-        return self._pool
-
-    # -- low-level IO ---------------------------------------------------------------
-    def _pread(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> None:
-        """Fill ``buf`` from ``offset``, looping on short reads."""
-        try:
-            while buf:
-                n = os.preadv(fd, [buf], offset)
-                if n == 0:
-                    raise StoreIOError(
-                        f"reading {self.path / shard.file} failed: unexpected end of file at byte {offset}."
-                    )
-                buf = buf[n:]
-                offset += n
-        except OSError as exc:
-            if isinstance(exc, StoreIOError):
-                raise
-            raise _io_error(exc, "reading", self.path / shard.file) from exc
-
-    def _pwrite(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> None:
-        """Write all of ``buf`` at ``offset``, looping on short writes."""
-        try:
-            while buf:
-                n = os.pwrite(fd, buf, offset)
-                buf = buf[n:]
-                offset += n
-        except OSError as exc:
-            raise _io_error(exc, "writing", self.path / shard.file) from exc
-
-    def _range_ops(self, p: _Param, start: int, stop: int, piece: int | None = None) -> list:
-        """Ops ``(shard, file_offset, buf_offset, nbytes, None)`` moving rows ``[start, stop)``.
-
-        Row ``start`` is at buffer offset 0.  Pieces are cut to at most ``piece``
-        bytes (whole rows) so that several can be in flight.
-        """
-        rb = p.info.row_nbytes
-        step = max(1, piece // rb) if piece else stop - start
-        i = int(np.searchsorted(p.stops, start, side="right"))
-        ops, pos = [], start
-        while pos < stop:
-            s = p.shards[i]
-            end = min(stop, s.stop)
-            for a in range(pos, end, step):
-                b = min(end, a + step)
-                ops.append((s, s.offset + (a - s.start) * rb, (a - start) * rb, (b - a) * rb, None))
-            pos = end
-            i += 1
-        return ops
-
-    def _index_ops(self, p: _Param, rows: np.ndarray, merge: bool) -> list:
-        """Ops for sorted unique ``rows``: runs of consecutive rows, within one shard.
-
-        Each run is one op ``(shard, file_offset, buf_offset, nbytes, None)``.
-        With ``merge`` (reads only), runs less than ``_GAP_BYTES`` apart are
-        fetched as one span of at most ``_SPAN_BYTES`` into a scratch buffer and
-        gathered: ops ``(shard, file_offset, None, nbytes, (k, kk, idx))`` put
-        span rows ``idx`` into buffer rows ``[k, kk)``.
-        """
-        rb = p.info.row_nbytes
-        shard_of = np.searchsorted(p.stops, rows, side="right")
-        step = _GAP_BYTES // rb + 1 if merge else 1  # largest row step inside a span
-        brk = np.flatnonzero((np.diff(rows) > step) | (np.diff(shard_of) != 0)) + 1
-        first = np.concatenate(([0], brk))
-        end = np.concatenate((brk, [rows.size]))
-        dense = rows[end - 1] + 1 - rows[first] == end - first  # no gaps: read straight into the buffer
-        starts = np.array([s.start for s in p.shards], dtype=np.int64)
-        offsets = np.array([s.offset for s in p.shards], dtype=np.int64)
-        shards = p.shards
-        f, e = first[dense], end[dense]
-        sh = shard_of[f]
-        file_off = offsets[sh] + (rows[f] - starts[sh]) * rb
-        ops = [
-            (shards[k], fo, i * rb, n * rb, None)
-            for k, fo, i, n in zip(sh.tolist(), file_off.tolist(), f.tolist(), (e - f).tolist())
-        ]
-        cap = max(1, _SPAN_BYTES // rb)
-        for i, j in zip(first[~dense].tolist(), end[~dense].tolist()):
-            shard = shards[int(shard_of[i])]
-            k = i
-            while k < j:  # cut the span into scratch-sized pieces
-                a = int(rows[k])
-                kk = k + int(np.searchsorted(rows[k:j], a + cap))
-                b = int(rows[kk - 1]) + 1
-                ops.append((shard, shard.offset + (a - shard.start) * rb, None, (b - a) * rb, (k, kk, rows[k:kk] - a)))
-                k = kk
-        return ops
-
-    def _pread_cached(self, shard: _Shard, fd: int, buf: memoryview, offset: int) -> int:
-        """Read what the page cache holds of ``buf``'s range without blocking; return the bytes read."""
-        got = 0
-        try:
-            while got < len(buf):
-                n = os.preadv(fd, [buf[got:]], offset + got, _RWF_NOWAIT)
-                if n == 0:
-                    break  # end of file: the blocking read reports it
-                got += n
-        except BlockingIOError:  # the rest is not cached
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise _io_error(exc, "reading", self.path / shard.file) from exc
-            self._nowait = False  # not supported here: always read blocking
-        return got
-
-    def _run_reads(self, ops: list, out: np.ndarray) -> None:
-        """Execute read ops into ``out``.
-
-        Cached data is copied serially (threads only add hand-off cost and GIL
-        contention); reads that must go to the disk run on the thread pool, up
-        to _MAX_WORKERS in flight.  Where ``RWF_NOWAIT`` is available, a first
-        non-blocking pass tells the two apart; elsewhere many ops go to the pool.
-        """
-        buf = _as_bytes(out)
-        fds = {s.file: self._fd(s) for s in {op[0] for op in ops}}  # open before fanning out
-        row_shape, dtype = out.shape[1:], out.dtype
-
-        def scratch_for(scratch: np.ndarray | None, n: int) -> np.ndarray:
-            if scratch is None or scratch.size < n:  # at most _SPAN_BYTES per reader
-                scratch = np.empty(max(n, min(_SPAN_BYTES, 4 * n)), dtype=np.uint8)
-            return scratch
-
-        def gather(scratch: np.ndarray, n: int, where: tuple) -> None:
-            k, kk, idx = where
-            np.take(scratch[:n].view(dtype).reshape(-1, *row_shape), idx, axis=0, out=out[k:kk])
-
-        known_cold = False
-        if self._nowait:
-            pending, hits, misses, scratch = [], 0, 0, None
-            for i, op in enumerate(ops):
-                if misses >= 16 and misses > 4 * hits:  # mostly cold: stop probing
-                    pending.extend(ops[i:])
-                    break
-                shard, fo, bo, n, where = op
-                if where is None:
-                    got = self._pread_cached(shard, fds[shard.file], buf[bo : bo + n], fo)
-                    if got < n:
-                        pending.append((shard, fo + got, bo + got, n - got, None))
-                else:
-                    scratch = scratch_for(scratch, n)
-                    got = self._pread_cached(shard, fds[shard.file], memoryview(scratch[:n]), fo)
-                    if got == n:
-                        gather(scratch, n, where)
-                    else:
-                        pending.append(op)
-                if got == n:
-                    hits += 1
-                else:
-                    misses += 1
-            ops, known_cold = pending, self._nowait
-            if not ops:
-                return
-
-        def work(lo: int, hi: int) -> None:
-            scratch = None
-            for shard, fo, bo, n, where in ops[lo:hi]:
-                if where is None:
-                    self._pread(shard, fds[shard.file], buf[bo : bo + n], fo)
-                else:
-                    scratch = scratch_for(scratch, n)
-                    self._pread(shard, fds[shard.file], memoryview(scratch[:n]), fo)
-                    gather(scratch, n, where)
-
-        total = sum(op[3] for op in ops)
-        few = len(ops) < (_PARALLEL_MIN_COLD if known_cold else _PARALLEL_MIN_READS)
-        if few and total <= 2 * _PIECE_BYTES:
-            work(0, len(ops))
-            return
-        # Contiguous groups of ops, one pool task each: enough tasks to keep
-        # _MAX_WORKERS reads in flight, few enough that hand-off cost stays small.
-        per_task = 1 if known_cold else _READS_PER_TASK
-        wanted = max(math.ceil(len(ops) / per_task), math.ceil(total / _PIECE_BYTES))
-        n_tasks = min(_MAX_WORKERS, len(ops), wanted)
-        if n_tasks <= 1:
-            work(0, len(ops))
-            return
-        bounds = np.linspace(0, len(ops), n_tasks + 1).astype(int).tolist()
-        pool = self._pool_get()
-        futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-        for fut in futures:  # wait for all before raising, so no read outlives `out`
-            fut.exception()
-        for fut in futures:
-            fut.result()
-
-    def _run_writes(self, ops: list, value: np.ndarray, paged: bool = False) -> None:
-        """Execute write ops from ``value``.
-
-        Exact runs only (no read-modify-write of gaps, so concurrent writers of
-        neighbouring rows cannot undo each other).  Writes land in the page
-        cache; there is nothing to gain from concurrency.  With ``paged``, each
-        run is cut at page boundaries: the kernel sizes the cache pages a write
-        creates by the write's length, and a table whose rows are later
-        rewritten one at a time must be cached in single pages (see
-        :func:`_advise_random`).  A new table's values are written this way.
-        """
-        buf = _as_bytes(value)
-        for shard, fo, bo, n, _ in ops:
-            fd = self._fd(shard)
-            if not paged:
-                self._pwrite(shard, fd, buf[bo : bo + n], fo)
-            else:
-                end, pos = fo + n, fo
-                while pos < end:
-                    nxt = min(end, (pos // _PAGE + 1) * _PAGE)
-                    self._pwrite(shard, fd, buf[bo + pos - fo : bo + nxt - fo], pos)
-                    pos = nxt
-            self._written.add(shard)
 
     # -- Store hooks ----------------------------------------------------------------
     def _keys(self) -> list[str]:
