@@ -247,3 +247,47 @@ def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
     else:
         # Every row is dirty here, and victims leave in batches of capacity/32 or more.
         assert 0 < writes_before_flush <= evicted / cache.batch + 1
+
+
+@pytest.mark.parametrize("capacity", [40, 300])
+def test_row_cache_interleaved_gathers_and_scatters_match_a_plain_array(capacity):
+    """Two row sets in flight (gather A, gather B, scatter A, scatter B): B's lookup may evict A's rows."""
+    from oocnet.paging.rowcache import RowCache
+
+    n, d = 500, 2
+    store = CountingStore()
+    store.create("W", (n, d), "float64", init=lambda a, b: np.arange(a * d, b * d, dtype=float).reshape(-1, d))
+    ref = store.read_rows("W", 0, n).copy()
+    cache = RowCache(store, "W", capacity)
+    rng = np.random.default_rng(7)
+    for step in range(200):
+        a = np.unique(rng.integers(0, n, size=rng.integers(1, 30)))
+        b = np.unique(rng.integers(0, n, size=rng.integers(1, 30)))
+        np.testing.assert_array_equal(cache.gather(a), ref[a])
+        np.testing.assert_array_equal(cache.gather(b), ref[b])
+        va, vb = rng.standard_normal((a.size, d)), rng.standard_normal((b.size, d))
+        cache.scatter(a, va)
+        ref[a] = va
+        cache.scatter(b, vb)
+        ref[b] = vb
+    cache.flush()
+    np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
+
+
+def test_row_cache_scatter_after_gather_of_the_same_rows_looks_up_once():
+    from oocnet.paging.rowcache import RowCache
+
+    store = CountingStore()
+    store.create("W", (100, 2), "float64")
+    cache = RowCache(store, "W", 50)
+    calls = []
+    lookup = cache.table.lookup
+    cache.table.lookup = lambda ids: calls.append(len(ids)) or lookup(ids)
+    rows = np.array([3, 5, 8])
+    cache.gather(rows)
+    cache.scatter(rows.copy(), np.ones((3, 2)))  # equal rows, another array
+    assert calls == [3]
+    cache.scatter(np.array([3, 5, 9]), np.full((3, 2), 2.0))  # different rows: looked up
+    assert calls == [3, 3]
+    cache.flush()
+    np.testing.assert_array_equal(store.read_rows("W", 0, 10)[[3, 5, 8, 9]], [[2, 2], [2, 2], [1, 1], [2, 2]])

@@ -57,6 +57,9 @@ class RowCache:
         self.free = np.empty(self.capacity, dtype=np.int64)  # evicted, empty slots: free[:n_free]
         self.n_free = 0
         self.batch = max(1, self.capacity // 32)
+        # (rows, slots) of the last lookup: a step's scatter passes the rows its gather did,
+        # and slots change hands only in a later lookup's evictions or in clear().
+        self._memo: tuple | None = None
         self.bytes_read = self.bytes_written = self.hits = self.misses = 0
 
     @property
@@ -116,6 +119,7 @@ class RowCache:
             if scanned > 3 * self.capacity:  # pragma: no cover - protect covers < capacity
                 raise RuntimeError("row cache could not find free slots")
         victims = np.concatenate(chosen)
+        self._memo = None  # these slots change hands
         self._write_back(victims)
         self.table.delete(self.row_of_slot[victims])
         self.row_of_slot[victims] = -1
@@ -140,6 +144,11 @@ class RowCache:
 
     def slots(self, rows: np.ndarray, load: bool = True) -> np.ndarray:
         """Slots holding ``rows`` (sorted, unique, at most ``capacity``), reading misses if ``load``."""
+        memo = self._memo
+        if memo is not None and memo[0].size == rows.size and np.array_equal(memo[0], rows):
+            self.hits += rows.size
+            self.ref[memo[1]] = True
+            return memo[1].copy()
         slots = self.table.lookup(rows)
         miss = slots < 0
         n_miss = int(np.count_nonzero(miss))
@@ -155,6 +164,7 @@ class RowCache:
             self.row_of_slot[new] = missing
             slots[miss] = new
         self.ref[slots] = True
+        self._memo = (rows.copy(), slots.copy())
         return slots
 
     # -- the pager's calls -------------------------------------------------------------------
@@ -175,6 +185,7 @@ class RowCache:
     def clear(self) -> None:
         """Flush, then forget every row (after the store was written directly)."""
         self.flush()
+        self._memo = None
         self.table.clear()
         self.row_of_slot.fill(-1)
         self.ref.fill(False)
