@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ACTIVATIONS
-from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ShapeError
+from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ReadOnlyError, ShapeError
 from .init import row_initializer
 from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
@@ -329,9 +329,16 @@ class Sequential:
         n = x.shape[0]
         if n == 0:
             raise InputError("the batch is empty: expected at least one row, got 0.")
-        if y is None:
+        if loss is None:
             return x, None
+        if y is None:
+            raise InputError(f"the loss {type(loss).__name__} needs targets y for the batch's {n} rows, got None.")
         return x, loss.check_targets(y, self.layers[-1].n_out, n, self.dtype)
+
+    def _check_writable(self, what: str) -> None:
+        if self.store.read_only:
+            raise ReadOnlyError(f"{what} writes parameters, but the model's store was opened read-only; "
+                                f"open it with read_only=False to train.")
 
     def _check_loss(self, loss) -> Loss:
         loss = get_loss(loss)
@@ -415,6 +422,7 @@ class Sequential:
         -------
         float
         """
+        self._check_writable("train_step")
         loss = self._check_loss(loss)
         opt = self._check_opt(opt)
         x, y = self._check_batch(X, y, loss)
@@ -422,6 +430,9 @@ class Sequential:
         self._check_sparse_batch_fits(x, opt)
         suffixes = self._ensure_state(opt)
         self._configure_row_caches(opt)
+        # Sticky: once a step has failed half-way, later steps do not make the parameters whole
+        # again, so no commit may follow until the model is closed and the store reopened.
+        broken_before = self._broken
         try:
             if self._fuses(loss):
                 value = self._fused_step(x, y, loss, tiles, opt, suffixes, trace=trace)
@@ -430,7 +441,7 @@ class Sequential:
                 value, delta = self._loss_and_delta(s_list, z_list, y, loss)
                 self._broken = True  # until the backward pass completes, the step is half-applied
                 self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
-            self._broken = False
+            self._broken = broken_before
         finally:
             self._release_held(x)
         self.step += 1
@@ -450,9 +461,16 @@ class Sequential:
         inp = z_list[-1] if top > 0 else x
         out = self.layers[-1]
         access = self._access(out, tiles, opt, suffixes, record, training=train)
-        if train:
+        updating = train and record is None  # recording gradients changes nothing
+        broken_before = self._broken
+        if updating:
             self._broken = True  # the output layer updates as it goes
-        value, dx = out.fused(access, inp, y, loss, train=train)
+        try:
+            value, dx = out.fused(access, inp, y, loss, train=train)
+        except NumericalError as exc:
+            if updating and getattr(exc, "unchanged", False):  # refused before its first update
+                self._broken = broken_before
+            raise
         if not np.isfinite(value):
             raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
         if train and top > 0:
@@ -477,10 +495,12 @@ class Sequential:
         key = keys[0] if len(keys) == 1 else str(keys)
         room, _ = self._budget_split(opt)
         if need > room:
+            held = "with their gradient and optimizer state need" if opt is not None else "need"
+            when = "during the step" if opt is not None else "while they are used"
             raise BudgetError(
-                f"this batch touches {len(x.rows)} rows of {key!r}, which with their gradient and optimizer "
-                f"state need {format_bytes(need)} during the step, more than the {format_bytes(room)} of the "
-                f"budget left for them; use smaller batches or a budget >= {2 * need} bytes."
+                f"this batch touches {len(x.rows)} rows of {key!r}, which {held} {format_bytes(need)} {when}, "
+                f"more than the {format_bytes(room)} of the budget left for them; use smaller batches or a "
+                f"budget >= {2 * need} bytes."
             )
 
     def _release_held(self, x) -> None:
@@ -501,7 +521,6 @@ class Sequential:
         try:
             if self._fuses(loss):
                 self._fused_step(x, y, loss, tiles, record=record)
-                self._broken = False  # recording changes nothing
             else:
                 s_list, z_list = self._forward(x, tiles, training=True)
                 _, delta = self._loss_and_delta(s_list, z_list, y, loss)
@@ -559,6 +578,7 @@ class Sequential:
         """
         if not isinstance(state, dict):
             raise ConfigError(f"state must be a dict of arrays, got {type(state).__name__}.")
+        self._check_writable("load_state_dict")
         checked = {}
         for key, value in state.items():
             base = key.split(":", 1)[0] if isinstance(key, str) else None

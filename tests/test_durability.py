@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import oocnet as oc
-from oocnet.errors import ReadOnlyError, StoreError, StoreFormatError, StoreIOError
+from oocnet.errors import NumericalError, ReadOnlyError, StoreError, StoreFormatError, StoreIOError
 from oocnet.store import durable, open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -360,3 +360,88 @@ def test_kill_at_any_moment_reopens_at_the_last_commit_and_resumes_bit_identical
         with open_store(path, read_only=True) as st:
             assert st.verify() == []
     assert len(seen_steps) >= 3  # the kills landed at different points of training
+
+
+# -- a failed step stays failed ------------------------------------------------------------------
+
+class _Boom(Exception):
+    pass
+
+
+def _flaky_tanh(state):
+    def derivative(s):
+        if state["boom"]:
+            raise _Boom()
+        return 1.0 - np.tanh(s) ** 2
+    return oc.Activation("flaky_tanh", np.tanh, derivative)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_that_failed_half_way_is_never_committed_even_after_good_steps(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    state = {"boom": False}
+    X, y = np.linspace(-1, 1, 6).reshape(2, 3), [0, 1]
+    make = lambda: oc.Sequential([oc.Dense(3, 4, activation=_flaky_tanh(state)), oc.Dense(4, 2)],  # noqa: E731
+                                 store=path, dtype="float64", seed=1)
+    model = make()
+    model.train_step(X, y, "softmax_cross_entropy", oc.SGD(0.1))
+    model.commit()
+    committed = model.state_dict()
+    state["boom"] = True
+    with pytest.raises(_Boom):
+        model.train_step(X, y, "softmax_cross_entropy", oc.SGD(0.1))  # dense_1 updated, dense_0 not
+    state["boom"] = False
+    model.train_step(X, y, "softmax_cross_entropy", oc.SGD(0.1))  # a good step does not heal the model
+    with pytest.raises(oc.OocnetError, match="rolls back to the last commit"):
+        model.commit()
+    model.close()
+    again = make()
+    assert again.step == 1
+    assert_bitwise(again.state_dict(), committed)
+    again.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_gradients_call_leaves_uncommitted_training_intact(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    make = lambda: oc.Sequential([oc.Output(2, 3, init=np.full((3, 2), 1e307))],  # noqa: E731
+                                 store=path, dtype="float64")
+    model = make()
+    for _ in range(3):
+        model.train_step(np.array([[1e-300, 0.0]]), [0], "softmax_cross_entropy", oc.SGD(0.1))
+    trained = model.state_dict()
+    with pytest.raises(NumericalError):
+        model.gradients(np.array([[10.0, 10.0]]), [0], oc.SoftmaxCrossEntropy())  # the loss overflows
+    model.close()  # commits the three steps: gradients() changed nothing
+    again = make()
+    assert again.step == 3
+    assert_bitwise(again.state_dict(), trained)
+    again.close()
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "softmax_margin_hinge"])
+def test_an_output_layer_refuses_a_non_finite_loss_before_updating(loss, tmp_path):
+    model = oc.Sequential([oc.Output(2, 3, init=np.full((3, 2), 1e307))], store=tmp_path / "p", dtype="float64")
+    before = model.state_dict()
+    with pytest.raises(NumericalError, match="parameters were not changed"):
+        model.train_step(np.array([[10.0, 10.0]]), [0], loss, oc.SGD(0.1))
+    assert_bitwise(model.state_dict(), before)
+    model.commit()  # the model is whole: committing is allowed
+    model.close()
+
+
+def test_training_a_model_on_a_read_only_store_is_refused_before_anything_changes(tmp_path):
+    path = tmp_path / "p"
+    X, y = np.linspace(-1, 1, 60).reshape(2, 30), [0, 1]
+    layers = lambda: [oc.Dense(30, 4), oc.Dense(4, 2)]  # noqa: E731
+    oc.Sequential(layers(), store=path, dtype="float64").close()
+    for budget in (None, 700):
+        model = oc.Sequential(layers(), store=oc.open_store(path, read_only=True), dtype="float64", budget=budget)
+        before = model.predict(X)
+        with pytest.raises(ReadOnlyError, match="read_only=False"):
+            model.train_step(X, y, "softmax_cross_entropy", oc.SGD(0.1))
+        with pytest.raises(ReadOnlyError):
+            model.load_state_dict(model.state_dict())
+        np.testing.assert_array_equal(model.predict(X), before)  # still usable for inference
+        model.close()
+        model.store.close()

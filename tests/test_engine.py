@@ -243,3 +243,15 @@ def test_errors_are_also_builtin_exception_types():
         oc.Dense(3, 4, activation="nope")
     with pytest.raises(BudgetError):
         oc.Sequential([oc.Dense(1000, 10)], budget=16)
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "half_squared_error", "softmax_margin_hinge"])
+def test_missing_targets_are_an_input_error_not_garbage_labels(loss):
+    model = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
+    before = model.state_dict()
+    for call in (lambda: model.train_step(np.ones((2, 3)), None, loss, oc.SGD(0.1)),
+                 lambda: model.evaluate(np.ones((2, 3)), None, loss),
+                 lambda: model.gradients(np.ones((2, 3)), None, loss)):
+        with pytest.raises(InputError, match="needs targets"):
+            call()
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())

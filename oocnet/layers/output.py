@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NumericalError
 from ..init import check_init
 from ..losses import Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
 from ..sampling import negative_sampling, sampled_softmax, segment_sum
@@ -37,6 +37,17 @@ from .base import Layer, ParamSpec
 
 #: Logits are formed in chunks of at most about this many bytes.
 LOGIT_BYTES = 8 * 2**20
+
+
+def _check_loss_value(value: float) -> None:
+    """Refuse a non-finite loss before the gradient pass: nothing has been updated yet."""
+    if not np.isfinite(value):
+        err = NumericalError(
+            f"the loss is {value} before this step's update; parameters were not changed. "
+            f"Lower the learning rate or check the inputs' scale."
+        )
+        err.unchanged = True  # the model keeps its parameters whole (no rollback needed)
+        raise err
 
 
 class Output(Layer):
@@ -183,9 +194,11 @@ class Output(Layer):
 
         self._stream(access, x, pass1)
         lse = m + np.log(s)
+        _check_loss_value(float(np.sum(lse)))  # an overflowed normaliser leaves either loss undefined
         hinge = isinstance(loss, SoftmaxMarginHinge)
         if not hinge:
             value = float(np.sum(lse - o_y)) * scale
+            _check_loss_value(value)
             if not train:
                 return value, None
 
@@ -218,6 +231,7 @@ class Output(Layer):
 
         self._stream(access, x, pass2)
         value = total * scale
+        _check_loss_value(value)
         if not train:
             return value, None
         gp = active_p - count * p_y  # <g, p> with g = dJ/dp
@@ -267,6 +281,7 @@ class Output(Layer):
             idx = np.concatenate([yi, others.reshape(-1)])
             gW = segment_sum(idx, np.concatenate([dW_y, dW_o.reshape(-1, self.n_in)]), cand.size)
             gb = segment_sum(idx, np.concatenate([db_y, db_o.reshape(-1)]), cand.size)
+            _check_loss_value(value)
         except BaseException:
             access.release("W", cand)
             if self.bias:
