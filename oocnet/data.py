@@ -312,18 +312,27 @@ class SvmlightDataset(Dataset):
                 vals, had_dot = fast
                 if vals.size != 2 * int(indptr[-1]) or had_dot[0::2].any():
                     raise ValueError("malformed")
-                idx = vals[0::2].astype(np.int64)
+                huge = np.flatnonzero(np.abs(vals[0::2]) >= 2.0**62)  # would wrap in int64
+                idx = vals[0::2].astype(np.int64) if not huge.size else None
                 val = vals[1::2]
             else:
                 tokens = joined.split()
                 if len(tokens) != 2 * int(indptr[-1]):
                     raise ValueError("token count")
                 pairs = np.array(tokens) if tokens else np.zeros(0, dtype="S1")
-                idx = pairs[0::2].astype(np.int64)
+                try:
+                    idx = pairs[0::2].astype(np.int64)
+                except OverflowError:
+                    idx = None
+                    huge = np.array([k for k, t in enumerate(tokens[0::2]) if abs(int(t)) >= 2**62])
                 val = pairs[1::2].astype(np.float64)
         except ValueError:
             self._parse_slow(text, first)  # raises, naming the line
             raise  # pragma: no cover - the slow parser always finds the line
+        if idx is None:  # an index too large for int64
+            k = int(huge[0])
+            row = int(np.searchsorted(indptr, k, side="right")) - 1
+            raise self._fail(lines[row], "a feature index is out of range: too large for any vocabulary.")
         if not np.all(np.isfinite(y)):
             raise self._fail(lines[int(np.flatnonzero(~np.isfinite(y))[0])], "the label is NaN or inf.")
         if not np.all(np.isfinite(val)):

@@ -118,6 +118,8 @@ def _check_labels(y, n_out: int, n_rows: int, name: str) -> np.ndarray:
 
 
 def _check_float_targets(y, n_out: int, n_rows: int, name: str, dtype) -> np.ndarray:
+    if np.iscomplexobj(y):
+        raise InputError(f"{name} targets must be real numbers, got complex values.")
     try:
         arr = np.asarray(y, dtype=dtype)
     except (TypeError, ValueError) as exc:

@@ -589,8 +589,8 @@ class Sequential:
             arr = np.asarray(value)
             if arr.shape != info.shape:
                 raise ShapeError(f"state[{key!r}] must have shape {info.shape}, got {arr.shape}.")
-            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise ShapeError(f"state[{key!r}] must be numeric, got {arr.dtype}.")
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+                raise ShapeError(f"state[{key!r}] must be real numbers, got {arr.dtype}.")
             if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
                 raise InputError(f"state[{key!r}] contains NaN or inf.")
             checked[key] = arr.astype(info.dtype, copy=False)

@@ -48,20 +48,28 @@ class UnigramSampler:
     """
 
     def __init__(self, counts, power: float = 0.75, seed: int = 0) -> None:
-        c = np.asarray(counts, dtype=np.float64)
+        try:
+            c = np.asarray(counts, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"counts must be an array of class frequencies (numbers), got {type(counts).__name__}.") \
+                from exc
         if c.ndim != 1 or c.size == 0:
             raise ConfigError(f"counts must be a 1-D array of class frequencies, got shape {c.shape}.")
         if not np.all(np.isfinite(c)) or np.any(c < 0) or not np.any(c > 0):
             raise ConfigError("counts must be finite, non-negative, and not all zero.")
-        if not np.isfinite(power) or power < 0:
+        if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(power) or power < 0:
             raise ConfigError(f"power must be a finite number >= 0, got {power!r}.")
-        w = np.where(c > 0, c ** power, 0.0)  # classes never seen are never drawn
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
+        # Scaled by the largest count first: c ** power and the sum stay finite for any finite counts.
+        w = np.where(c > 0, (c / c.max()) ** power, 0.0)  # classes never seen are never drawn
         self.n_classes = c.size
         self.power = float(power)
         total = w.sum()
         self._cdf = np.cumsum(w / total)
         self._cdf[-1] = 1.0
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(int(seed))
 
     def probability(self, ids: np.ndarray) -> np.ndarray:
         """Q(c) of each id."""

@@ -25,10 +25,12 @@ from .errors import InputError
 def _check_ids(arr: np.ndarray, n_cols: int, what: str) -> np.ndarray:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{what} must be integer ids in [0, {n_cols}), got dtype {arr.dtype}.")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_cols):
-        raise InputError(f"{what} must lie in [0, {n_cols}), got ids in [{arr.min()}, {arr.max()}].")
-    return arr
+    if arr.size:
+        # Range-checked in the ids' own type: casting first would wrap uint64 ids >= 2**63.
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= n_cols:
+            raise InputError(f"{what} must lie in [0, {n_cols}), got ids in [{lo}, {hi}].")
+    return arr.astype(np.int64, copy=False)
 
 
 def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -37,9 +39,15 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
     if sp.issparse(X):
         if X.ndim != 2 or X.shape[1] != n_cols:
             raise InputError(f"a sparse batch must have {n_cols} columns (the vocabulary size), got shape {X.shape}.")
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise InputError(f"a sparse batch must hold numbers, got dtype {X.dtype}.")
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(X.dtype, np.complexfloating):
+            raise InputError(f"a sparse batch must hold real numbers, got dtype {X.dtype}.")
         csr = X if X.format == "csr" else sp.csr_matrix(X)
+        if not csr.has_canonical_format or not csr.data.all():
+            # A stored zero (or duplicates summing to zero) is no entry: it must not make a row
+            # "touched" (lazy optimizers move touched rows only) -- X.toarray() is what counts.
+            csr = sp.csr_matrix((csr.data, csr.indices, csr.indptr), shape=csr.shape, copy=True)
+            csr.sum_duplicates()
+            csr.eliminate_zeros()
         indices = _check_ids(np.asarray(csr.indices), n_cols, "ids")
         data, indptr, n = np.asarray(csr.data, dtype=dtype), np.asarray(csr.indptr, dtype=np.int64), X.shape[0]
     elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):

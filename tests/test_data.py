@@ -280,3 +280,11 @@ def test_zipf_corpus_with_given_frequencies():
     X, _ = c.sample(3000, seed=0)
     counts = np.asarray(X.sum(axis=0)).ravel()
     assert counts[0] > 5 * counts[50] > 0  # background follows the given frequencies
+
+
+@pytest.mark.parametrize("bad", ["99999999999999999999:1", "3:1 99999999999999999999:1e0", "-99999999999999999999:2"])
+def test_svmlight_index_too_large_for_int64_names_its_line(tmp_path, bad):
+    path = tmp_path / "d.svm"
+    path.write_text(f"0 1:1\n1 {bad}\n")
+    with pytest.raises(InputError, match=r"d.svm:2: .*too large"):
+        list(batches(open_dataset(path, n_features=10), 4))

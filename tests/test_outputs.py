@@ -218,3 +218,16 @@ def test_bad_output_configurations():
                        (lambda: oc.NegativeSampling(2, "uniform"), "UnigramSampler")]:
         with pytest.raises(ConfigError, match=match):
             bad()
+
+
+@pytest.mark.parametrize("kwargs", [dict(power="a"), dict(power=None), dict(seed=-1), dict(seed=1.5)])
+def test_unigram_sampler_arguments_are_checked(kwargs):
+    with pytest.raises(ConfigError):
+        UnigramSampler(np.ones(5), **kwargs)
+    with pytest.raises(ConfigError, match="numbers"):
+        UnigramSampler(["a", "b"])
+
+
+def test_unigram_sampler_handles_counts_near_the_float_limit():
+    s = UnigramSampler([1e308, 1e308, 3e307], power=1.0)
+    np.testing.assert_allclose(s.probability(np.arange(3)), np.array([10, 10, 3]) / 23, rtol=1e-12)

@@ -289,3 +289,34 @@ def test_row_cache_filling_mid_batch_equals_ram(budget, tmp_path):
     assert 64 <= capacity < V  # the cache filled and evicted during the run
     for k, v in ram.state_dict().items():
         np.testing.assert_array_equal(disk.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("opt", [lambda: oc.Adam(0.1), lambda: oc.SGD(0.1, momentum=0.9)])
+def test_stored_zeros_do_not_touch_rows_for_lazy_optimizers(opt):
+    """A CSR with an explicit 0 (or duplicates cancelling) equals its dense form: it touches no extra row."""
+    plain = sp.csr_matrix(([1.0], [2], [0, 1]), shape=(1, 5))
+    stored_zero = sp.csr_matrix(([1.0, 0.0], [2, 1], [0, 2]), shape=(1, 5))
+    cancelling = sp.csr_matrix(([1.0, 3.0, -3.0], [2, 4, 4], [0, 3]), shape=(1, 5))
+    got = []
+    for X in (plain, stored_zero, cancelling):
+        assert np.array_equal(X.toarray(), plain.toarray())
+        model = oc.Sequential([oc.Embedding(5, 2), oc.Dense(2, 2)], dtype="float64", seed=0)
+        o = opt()
+        model.train_step([[1, 4]], [0], "softmax_cross_entropy", o)  # rows 1 and 4 get moments/velocity
+        model.train_step(X, [1], "softmax_cross_entropy", o)
+        got.append(model.state_dict()["embedding_0/W"])
+    np.testing.assert_array_equal(got[1], got[0])
+    np.testing.assert_array_equal(got[2], got[0])
+    assert prepare(stored_zero, 5).rows.tolist() == [2]
+
+
+def test_complex_and_wrapping_ids_are_input_errors():
+    with pytest.raises(InputError, match="real numbers"):
+        prepare(sp.csr_matrix(np.eye(2, 10, dtype=complex)), 10)
+    with pytest.raises(InputError, match=r"\[1, 18446744073709551615\]"):  # not wrapped to -1
+        prepare(np.array([1, 2**64 - 1], dtype=np.uint64), 10)
+    model = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
+    with pytest.raises(InputError, match="real-valued"):
+        model.train_step(np.ones((2, 3)) + 1j, [0, 1], "softmax_cross_entropy", oc.SGD(0.1))
+    with pytest.raises(InputError, match="real numbers"):
+        model.train_step(np.ones((2, 3)), np.ones((2, 2)) * 1j, "half_squared_error", oc.SGD(0.1))

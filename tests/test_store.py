@@ -698,3 +698,13 @@ def test_memmap_cold_and_warm_reads(tmp_path, nowait):
         os.posix_fadvise(fd, 200_000, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
         np.testing.assert_array_equal(s.read("w"), w)
+
+
+def test_hdf5_truncated_file_is_a_format_error(tmp_path):
+    path = tmp_path / "p.h5"
+    with open_store(path) as s:
+        s.create("W", (300, 40), "float32")
+        s.commit()
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(StoreFormatError, match="damaged"):
+        open_store(path)

@@ -83,6 +83,10 @@ class Layer:
 
     def check_input(self, x, dtype: np.dtype):
         """Validate and convert a batch given to this layer as the model's first layer."""
+        if np.iscomplexobj(x):
+            from ..errors import InputError
+
+            raise InputError(f"{self.describe()} needs a real-valued batch, got complex values.")
         try:
             arr = np.asarray(x, dtype=dtype)
         except (TypeError, ValueError) as exc:

@@ -253,6 +253,10 @@ class _Mover(RowFileIO):
             self._pool = None
 
 
+# What HDF5 says when a file's bytes, not the system, are at fault.
+_DAMAGED = ("truncated file", "signature", "superblock", "bad object header", "checksum")
+
+
 class HDF5Store(DurableStore, Store):
     """Parameters in one HDF5 file, one chunked dataset per parameter.
 
@@ -386,6 +390,8 @@ class HDF5Store(DurableStore, Store):
                     f"HDF5 store {p} is open in another process (HDF5 locks the file); "
                     f"close it there first. ({exc})"
                 ) from exc
+            if any(m in str(exc).lower() for m in _DAMAGED):
+                raise StoreFormatError(f"{p} is damaged (truncated or corrupt); HDF5 says: {exc}") from exc
             raise StoreIOError(f"opening {p} failed: {exc}") from exc
         self._rawio = self._open_raw()
         attrs = self._file.attrs
