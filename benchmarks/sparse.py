@@ -8,6 +8,8 @@ this script installs nothing.
 
 Each configuration runs in its own subprocess; peak RSS is sampled every 10 ms
 (total, anonymous and file-backed) over the timed steps, after warm-up steps.
+Batches are drawn as they are needed (the draw is not timed), so the process
+holds no pre-generated data: its RSS is the library's and the interpreter's.
 
     python benchmarks/sparse.py                              # the full table (V up to 10^7)
     python benchmarks/sparse.py --vocab 10000,1000000 --steps 100
@@ -30,13 +32,12 @@ MiB = 2**20
 DIM, CLASSES, BATCH, IDS = 128, 16, 256, 20
 
 
-def zipf_batches(V: int, n: int, seed: int = 0):
-    """``n`` batches of BATCH x IDS ids from Zipf(1.1) truncated to [0, V) (no V-sized arrays)."""
+def zipf_stream(V: int, seed: int = 0):
+    """Endless batches of BATCH x IDS ids from Zipf(1.1) truncated to [0, V) (no V-sized arrays)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+    while True:
         ids = np.empty(0, dtype=np.int64)
         while ids.size < BATCH * IDS:
             draw = rng.zipf(1.1, size=BATCH * IDS * 2)
@@ -44,11 +45,16 @@ def zipf_batches(V: int, n: int, seed: int = 0):
         X = ids[: BATCH * IDS].reshape(BATCH, IDS)
         # A planted signal: the class is the most frequent id's residue, so the model has something to learn.
         y = X[:, 0] % CLASSES
-        out.append((X, y))
-    return out
+        yield X, y
 
 
-def run_oocnet(args, batches) -> dict:
+def zipf_batches(V: int, n: int, seed: int = 0):
+    """The first ``n`` batches of :func:`zipf_stream` as a list."""
+    stream = zipf_stream(V, seed)
+    return [next(stream) for _ in range(n)]
+
+
+def run_oocnet(args, stream) -> dict:
     import oocnet as oc
 
     tmp = Path(tempfile.mkdtemp(prefix="oocnet-sparse-", dir=args.tmp))
@@ -63,7 +69,7 @@ def run_oocnet(args, batches) -> dict:
         def step(X, y):
             return model.train_step(X, y, loss, opt)
 
-        result = timed(args, batches, step)
+        result = timed(args, stream, step, misses=lambda: model.io_stats["row_misses"])
         result["build_s"] = build
         result["io"] = model.io_stats
         model.close()
@@ -72,7 +78,7 @@ def run_oocnet(args, batches) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_torch(args, batches) -> dict:
+def run_torch(args, stream) -> dict:
     import numpy as np
     import torch
 
@@ -84,7 +90,7 @@ def run_torch(args, batches) -> dict:
     build = time.perf_counter() - t0
     opt = torch.optim.SGD(list(emb.parameters()) + list(lin.parameters()), lr=0.5)
     lossf = torch.nn.CrossEntropyLoss()
-    tb = [(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(y)) for X, y in batches]
+    tb = ((torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(y)) for X, y in stream)
 
     def step(X, y):
         opt.zero_grad(set_to_none=True)
@@ -99,20 +105,25 @@ def run_torch(args, batches) -> dict:
     return result
 
 
-def timed(args, batches, step) -> dict:
+def timed(args, stream, step, misses=None) -> dict:
+    """Warm up, then time ``args.steps`` steps (each step alone: drawing its batch is not timed)."""
     from oocnet.profile import RssSampler, max_rss_self, memory_now
 
-    for X, y in batches[: args.warmup]:
-        step(X, y)
+    for _ in range(args.warmup):
+        step(*next(stream))
     base = memory_now()
     losses = []
+    missed = misses() if misses else 0
+    seconds = 0.0
     with RssSampler() as sampler:
-        t0 = time.perf_counter()
-        for X, y in batches[args.warmup:]:
+        for _ in range(args.steps):
+            X, y = next(stream)
+            t0 = time.perf_counter()
             losses.append(step(X, y))
-        seconds = time.perf_counter() - t0
-    n = len(batches) - args.warmup
+            seconds += time.perf_counter() - t0
+    n = args.steps
     return {
+        "row_misses_per_step": (misses() - missed) / n if misses else None,
         "examples_per_s": n * BATCH / seconds,
         "ms_per_step": seconds / n * 1e3,
         "peak_rss_mib": sampler.peak["rss"] / MiB,
@@ -126,8 +137,8 @@ def timed(args, batches, step) -> dict:
 
 
 def one(args) -> None:
-    batches = zipf_batches(args.V, args.warmup + args.steps)
-    res = run_torch(args, batches) if args.backend == "torch" else run_oocnet(args, batches)
+    stream = zipf_stream(args.V)
+    res = run_torch(args, stream) if args.backend == "torch" else run_oocnet(args, stream)
     res.update(backend=args.backend, V=args.V)
     print(json.dumps(res))
 
@@ -146,6 +157,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--tmp", default=None, help="folder for the stores (default: the system temp dir)")
     p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--readme-block", default="sparse",
+                   help="the marked block of benchmarks/README.md to replace (default: sparse)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--V", type=int, help=argparse.SUPPRESS)
@@ -182,12 +195,12 @@ def main() -> None:
     if args.write_readme:
         readme = HERE / "README.md"
         body = readme.read_text()
-        start, end = "<!-- sparse:start -->", "<!-- sparse:end -->"
+        start, end = f"<!-- {args.readme_block}:start -->", f"<!-- {args.readme_block}:end -->"
         block = f"{start}\n{text}\n{end}"
         if start in body:
             body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
         else:
-            body += f"\n## Sparse input (benchmarks/sparse.py)\n\n{block}\n"
+            body += f"\n## Sparse input (benchmarks/sparse.py, {args.readme_block})\n\n{block}\n"
         readme.write_text(body)
 
 
@@ -195,15 +208,17 @@ def report(rows: list[dict], args) -> str:
     from paging import machine  # the benchmarks folder is on sys.path when run as a script
 
     torch_by_v = {r["V"]: r for r in rows if r["backend"] == "torch"}
-    head = ("| V | store | examples/s | ms/step | peak RSS MiB (total / anon / file) | ×torch examples/s | "
-            "×torch peak RSS |")
+    head = ("| V | store | examples/s | ms/step | row misses/step | peak RSS MiB (total / anon / file) | "
+            "×torch examples/s | ×torch peak RSS |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         t = torch_by_v.get(r["V"])
         ratio = f"{r['examples_per_s'] / t['examples_per_s']:.2f}" if t and r["backend"] != "torch" else "–"
         rss = f"{r['peak_rss_mib'] / t['peak_rss_mib']:.2f}" if t and r["backend"] != "torch" else "–"
+        miss = f"{r['row_misses_per_step']:.0f}" if r.get("row_misses_per_step") is not None else "–"
         lines.append(f"| {fmt_v(r['V'])} | {r['backend']} | {r['examples_per_s']:.0f} | {r['ms_per_step']:.2f} | "
-                     f"{r['peak_rss_mib']:.0f} / {r['peak_anon_mib']:.0f} / {r['peak_file_mib']:.0f} | {ratio} | {rss} |")
+                     f"{miss} | {r['peak_rss_mib']:.0f} / {r['peak_anon_mib']:.0f} / {r['peak_file_mib']:.0f} | "
+                     f"{ratio} | {rss} |")
     cmd = "python benchmarks/sparse.py " + " ".join(a for a in sys.argv[1:])
     return (f"Embedding(V, {DIM}, tanh) → Dense({DIM}, {CLASSES}), batch {BATCH}, {IDS} Zipf(1.1) ids per example, "
             f"SGD; oocnet budget {args.budget}; {args.steps} timed steps after {args.warmup} warm-up steps.\n"
