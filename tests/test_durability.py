@@ -445,3 +445,133 @@ def test_training_a_model_on_a_read_only_store_is_refused_before_anything_change
         np.testing.assert_array_equal(model.predict(X), before)  # still usable for inference
         model.close()
         model.store.close()
+
+
+# -- deleting a committed parameter ----------------------------------------------------------------
+
+_DELETE_AND_DIE = """
+import os, signal, sys
+import oocnet as oc
+s = oc.open_store(sys.argv[1])
+s.delete("b")
+assert "b" not in s and s.keys() == ["a"]
+s.write_rows("a", 0, s.read_rows("a", 0, 2) + 1)
+s.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_parameter_deleted_since_the_commit_survives_a_crash(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2) + 100
+    with open_store(path) as s:
+        s.create("a", a.shape, "float64", a)
+        s.create("b", b.shape, "float64", b)
+        s.commit(step=1)
+    out = subprocess.run([sys.executable, "-c", _DELETE_AND_DIE, str(path)], capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    with open_store(path, read_only=True) as s:  # a reader after the crash
+        assert s.keys() == ["a", "b"]
+    with open_store(path) as s:  # the writer rolls back to the commit: both parameters, unchanged
+        assert s.keys() == ["a", "b"] and s.last_commit["step"] == 1
+        np.testing.assert_array_equal(s.read("a"), a)
+        np.testing.assert_array_equal(s.read("b"), b)
+        assert s.verify() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deleted_parameter_goes_at_the_commit_and_cannot_be_recreated_before_it(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("a", (4, 3), "float64")
+        s.create("b", (3, 2), "float64")
+        s.commit(step=1)
+        s.delete("b")
+        assert s.has_uncommitted()
+        with pytest.raises(oc.OocnetError, match="commit"):
+            s.create("b", (5,), "int32")
+        with open_store(path, read_only=True) as r:  # readers see the last commit meanwhile
+            assert r.keys() == ["a", "b"]
+        s.commit(step=2)
+        s.create("b", (5,), "int32")  # after the commit, the name is free
+        s.commit(step=3)
+    with open_store(path) as s:
+        assert s.keys() == ["a", "b"] and s.info("b").shape == (5,) and s.verify() == []
+    if backend == "memmap":  # the deleted parameter's shard files are gone, not orphaned
+        names = json.loads((path / "manifest.json").read_text())["params"]
+        files = {sh["file"] for p in names.values() for sh in p["shards"]}
+        assert {f.name for f in path.glob("*.npy")} == files
+
+
+_JOURNAL_FULL = """
+import errno, os, signal, sys
+import numpy as np
+import oocnet as oc
+from oocnet.store import journal
+s = oc.open_store(sys.argv[1])
+s.write_rows("a", 0, np.full((10, 4), -1.0))
+real, calls = os.write, [0]
+def full(fd, data):
+    calls[0] += 1
+    if calls[0] == 2:  # inside the next record: its header is written, its body is not
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(fd, data)
+journal.os.write = full
+try:
+    s.write_rows("a", 500, np.full((10, 4), -2.0))
+    raise SystemExit("no error")
+except oc.OocnetError as exc:
+    assert "No space left" in str(exc), exc
+journal.os.write = real
+s.write_rows("a", 500, np.full((10, 4), -3.0))  # the disk has room again: writing goes on
+s.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_journal_append_leaves_a_journal_that_rolls_back(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    a = np.arange(4000.0).reshape(1000, 4)
+    with open_store(path) as s:
+        s.create("a", a.shape, "float64", a)
+        s.commit(step=1)
+    out = subprocess.run([sys.executable, "-c", _JOURNAL_FULL, str(path)], capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    with open_store(path) as s:
+        assert s.last_commit["step"] == 1
+        np.testing.assert_array_equal(s.read("a"), a)
+        assert s.verify() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_after_a_failed_journal_append_a_commit_records_correct_checksums(backend, tmp_path, monkeypatch):
+    from oocnet.store import journal
+
+    path = store_path(tmp_path, backend)
+    a = np.arange(4000.0).reshape(1000, 4)
+    with open_store(path) as s:
+        s.create("a", a.shape, "float64", a)
+        s.commit(step=1)
+        s.write_rows("a", 0, np.full((10, 4), -1.0))
+        real, calls = os.write, [0]
+
+        def full(fd, data):
+            calls[0] += 1
+            if calls[0] == 9:  # the second record's data (a record is 5 writes: head, key, ids, data, crc)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data)
+
+        monkeypatch.setattr(journal.os, "write", full)
+        monkeypatch.setattr(durable, "PIECE_BYTES", 4 * 8 * 100)  # journal in pieces of 100 rows
+        with pytest.raises(StoreIOError, match="No space left"):
+            s.write_index("a", np.arange(300, 600), np.full((300, 4), -2.0))
+        monkeypatch.setattr(journal.os, "write", real)
+        s.write_index("a", np.arange(300, 600), np.full((300, 4), -3.0))
+        s.commit(step=2)
+        assert s.verify() == []
+    a[:10], a[300:600] = -1.0, -3.0
+    with open_store(path) as s:
+        np.testing.assert_array_equal(s.read("a"), a)
+        assert s.verify() == []

@@ -170,6 +170,8 @@ class Store(abc.ABC):
     backend: ClassVar[str] = "abstract"
     persistent: ClassVar[bool] = False
     zero_copy: ClassVar[bool] = False
+    #: Keys deleted since the last commit whose files stay until the commit (durable stores).
+    _pending_delete: frozenset | set = frozenset()
 
     def __init__(self, *, read_only: bool = False) -> None:
         self.read_only = bool(read_only)
@@ -235,11 +237,16 @@ class Store(abc.ABC):
         if self.read_only:
             raise ReadOnlyError(f"{type(self).__name__} was opened read-only; open it with read_only=False to write.")
 
+    def _live_keys(self):
+        """The keys a user sees: the backend's, less those deleted since the last commit."""
+        keys = self._keys()
+        return [k for k in keys if k not in self._pending_delete] if self._pending_delete else keys
+
     def _checked_info(self, key: str) -> ParamInfo:
         self._check_open()
-        if not isinstance(key, str) or key not in self._keys():
+        if not isinstance(key, str) or key not in self._live_keys():
             raise ParameterNotFound(
-                f"no parameter {key!r} in the store; it holds {sorted(self._keys())!r}."
+                f"no parameter {key!r} in the store; it holds {sorted(self._live_keys())!r}."
             )
         return self._info(key)
 
@@ -335,6 +342,9 @@ class Store(abc.ABC):
         """
         self._check_writable()
         info = ParamInfo(validate_key(key), validate_shape(shape), validate_dtype(dtype))
+        if key in self._pending_delete:
+            raise ParameterExists(f"parameter {key!r} was deleted since the last commit and its committed data "
+                                  f"is kept until the next one; commit() before creating it again.")
         if key in self._keys():
             raise ParameterExists(f"parameter {key!r} already exists with shape {self._info(key).shape}.")
         if isinstance(init, np.ndarray) or (init is not None and not callable(init)):
@@ -354,11 +364,11 @@ class Store(abc.ABC):
     def keys(self) -> list[str]:
         """Sorted list of parameter keys."""
         self._check_open()
-        return sorted(self._keys())
+        return sorted(self._live_keys())
 
     def __contains__(self, key: object) -> bool:
         self._check_open()
-        return isinstance(key, str) and key in self._keys()
+        return isinstance(key, str) and key in self._live_keys()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -518,5 +528,5 @@ class Store(abc.ABC):
         raise TypeError("a Store is not an array; read a parameter with store.read(key).")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._keys())} parameters"
+        state = "closed" if self._closed else f"{len(self._live_keys())} parameters"
         return f"<{type(self).__name__} {state}{' read-only' if self.read_only else ''}>"

@@ -197,6 +197,7 @@ class DurableStore:
         self._checksums: dict[str, list[int]] = {}
         self._stamps: dict[str, list[int]] = {}
         self._uncommitted: set[str] = set()
+        self._pending_delete: set[str] = set()  # committed parameters deleted since: removed at commit
         self._replaying = False
         self._recompute: set[tuple[str, int]] = set()
         self._lock_fd = -1
@@ -208,7 +209,28 @@ class DurableStore:
 
     def has_uncommitted(self) -> bool:
         """Whether anything was written (or created) since the last commit."""
-        return self._journal is not None or bool(self._uncommitted)
+        return self._journal is not None or bool(self._uncommitted) or bool(self._pending_delete)
+
+    def delete(self, key: str) -> None:
+        """Remove a parameter -- at the next commit, if the last commit holds it.
+
+        Until then its files stay as they are (hidden from the store's users), so a crash,
+        a rollback or a copy of the store still finds the committed parameter.  A
+        parameter created since the last commit goes at once.
+        """
+        self._check_writable()
+        self._checked_info(key)
+        if key in self._uncommitted:
+            self._delete(key)
+        else:
+            self._pending_delete.add(key)
+
+    def _finish_deletes(self) -> None:
+        """After a commit point: remove the files of the parameters that commit dropped."""
+        for key in sorted(self._pending_delete):
+            if key in self._keys():
+                self._delete(key)
+            self._pending_delete.discard(key)
 
     @property
     def journal_bytes(self) -> int:
@@ -432,18 +454,26 @@ class DurableStore:
             at("journal:created")
         info = self._info(key)
         starts = self._blocks(key)
-        delta = self._hash_delta.setdefault(key, {})
+        # Bookkeeping is merged only once every record is in: if an append fails, the rows are
+        # journaled again next time (an identical image; rollback takes either) and counted once.
+        delta = dict(self._hash_delta.get(key, {}))
         step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
-        for a in range(0, new.size, step):
-            ids_p = new[a : a + step]
-            old = np.empty((ids_p.size, *info.row_shape), dtype=info.dtype)
-            self._read_index(key, ids_p, old)
-            self._journal.append(key, ids_p, old)
-            at("journal:appended")
-            blk = np.searchsorted(starts, ids_p, side="right") - 1
-            for j in np.unique(blk).tolist():
-                sel = blk == j
-                delta[j] = ck.sub(delta.get(j, 0), ck.sum_at(old[sel], ids_p[sel]))
+        try:
+            for a in range(0, new.size, step):
+                ids_p = new[a : a + step]
+                old = np.empty((ids_p.size, *info.row_shape), dtype=info.dtype)
+                self._read_index(key, ids_p, old)
+                self._journal.append(key, ids_p, old)
+                at("journal:appended")
+                blk = np.searchsorted(starts, ids_p, side="right") - 1
+                for j in np.unique(blk).tolist():
+                    sel = blk == j
+                    delta[j] = ck.sub(delta.get(j, 0), ck.sum_at(old[sel], ids_p[sel]))
+        except BaseException:
+            if self._journal.broken:
+                self._failed = True  # a torn record stays in the journal: nothing may be written on
+            raise
+        self._hash_delta[key] = delta
         self._journaled[key] = new.copy() if done is None else np.insert(done, np.searchsorted(done, new), new)
 
     def _after_create(self, key: str) -> None:
@@ -473,7 +503,7 @@ class DurableStore:
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"commit metadata must be JSON-serialisable, got {metadata!r}: {exc}.") from exc
         self._flush()
-        checksums = {k: list(v) for k, v in self._checksums.items() if k in self._keys()}
+        checksums = {k: list(v) for k, v in self._checksums.items() if k in self._live_keys()}
         for key, i in self._recompute:
             if key in checksums:
                 checksums[key][i] = None
@@ -483,10 +513,10 @@ class DurableStore:
                 self._hash_delta.pop(key, None)
                 self._journaled.pop(key, None)
         for key in list(self._uncommitted):
-            if key in self._keys():
+            if key in self._live_keys():
                 checksums[key] = [self._block_sum(key, i) for i in range(len(self._blocks(key)))]
         for key, ids in self._journaled.items():
-            if key not in self._keys() or key in self._uncommitted:
+            if key not in self._live_keys() or key in self._uncommitted:
                 continue
             info = self._info(key)
             starts = self._blocks(key)
@@ -528,6 +558,7 @@ class DurableStore:
         self._hash_delta.clear()
         self._uncommitted.clear()
         self._recompute.clear()
+        self._finish_deletes()  # the record no longer names them: a crash now leaves only orphan files
         at("commit:done")
         return self.last_commit
 

@@ -81,6 +81,7 @@ class Journal:
 
     def __init__(self, path: Path, base_generation: int, dir_fd: int) -> None:
         self.path, self.dir_fd = Path(path), dir_fd
+        self.broken = False  # a failed append could not be cut off: no more records may follow
         self.base_generation = int(base_generation)
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -104,6 +105,9 @@ class Journal:
 
     def append(self, key: str, rows: np.ndarray, values: np.ndarray) -> None:
         """Record the current bytes ``values`` of rows ``rows`` of ``key``, durably (fsync)."""
+        if self.broken:
+            raise StoreIOError(f"the journal {self.path} holds a torn record that could not be cut off; "
+                               f"close the store and reopen it (it rolls back to the last commit).")
         kb = key.encode("utf-8")
         ids = np.ascontiguousarray(rows, dtype="<u8")
         data = np.ascontiguousarray(values)
@@ -114,6 +118,7 @@ class Journal:
         crc = zlib.crc32(kb)
         crc = zlib.crc32(memoryview(ids).cast("B"), crc)
         crc = zlib.crc32(memoryview(data.reshape(-1)).cast("B"), crc)
+        end = self.bytes_written  # the file's length: this record starts here
         try:
             self._write_all(head)
             from .durable import at  # the crash tests' seam: a record torn after its header
@@ -125,6 +130,14 @@ class Journal:
             self._write_all(struct.pack("<I", crc))
             os.fsync(self.fd)
         except OSError as exc:
+            # Cut the torn record off, so that later records follow complete ones; if even that
+            # fails the journal cannot take more records (the store must not write on).
+            try:
+                os.ftruncate(self.fd, end)
+                os.lseek(self.fd, end, os.SEEK_SET)
+                os.fsync(self.fd)
+            except OSError:
+                self.broken = True
             raise _io(exc, "appending to", self.path) from exc
         self.bytes_written += _RHEAD.size + len(kb) + ids.nbytes + data.nbytes + 4
 

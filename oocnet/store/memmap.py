@@ -960,12 +960,16 @@ class MemmapStore(RowFileIO, DurableStore, Store):
 
     def _persist_commit(self, record: dict) -> None:
         old = self._commit_record
+        # Parameters deleted since the last commit leave the manifest with this commit, not before.
+        gone = {k: self._params.pop(k) for k in sorted(self._pending_delete) if k in self._params}
         self._commit_record = record
         try:
             self._write_manifest()
         except BaseException:
             self._commit_record = old
+            self._params.update(gone)
             raise
+        self._params.update(gone)  # _finish_deletes removes their files (and forgets them)
 
     def _drop_params(self, keys: list[str]) -> None:
         for key in keys:
