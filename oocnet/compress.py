@@ -503,7 +503,10 @@ def _exact(p: _Plan) -> _Result:
         u_, s, vt = scipy.linalg.svd(w, full_matrices=False, overwrite_a=True, check_finite=False,
                                      lapack_driver="gesvd")
     del w
-    sq = s.astype(np.float64) ** 2
+    # Squared relative to the largest value: the energy fractions are the same, and sigma^2 of a
+    # matrix with entries near 1e160 does not overflow.
+    top = float(s[0]) if s.size and s[0] > 0 else 1.0
+    sq = (s.astype(np.float64) / top) ** 2
     total = float(sq.sum())
     r = p.rank if p.rank is not None else _rank_for_energy(sq, total, p.energy, min(m, n))
     root = np.sqrt(s[:r])
@@ -700,7 +703,9 @@ def _randomized(p: _Plan) -> _Result:
                     passes += sketch.passes
                     target = min(kmax, 2 * target)
                     continue
-                r = p.rank if p.rank is not None else _rank_for_energy(sq[:target], normsq, p.energy, target)
+                # A sketch as wide as min(m, n) spans W's whole range: all its values are W's.
+                limit = target if k < kmax else sq.size
+                r = p.rank if p.rank is not None else _rank_for_energy(sq[:limit], normsq, p.energy, limit)
                 root = np.sqrt(s[:r])
                 v = np.ascontiguousarray(vt[:r] * root[:, None], dtype=p.info.dtype)
                 _write_factors(p, None, v)

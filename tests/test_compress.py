@@ -484,3 +484,25 @@ def test_a_write_failing_halfway_through_u_leaves_the_store_as_it_was():
         factorize(store, "dense_0/W", rank=4, budget=200_000)
     assert Failing.writes == 3  # U was being written block by block
     assert_unchanged(store, before)
+
+
+def test_randomized_energy_target_reaches_full_rank_when_it_must():
+    W = np.random.default_rng(2).standard_normal((60, 40))
+    sv = np.linalg.svd(W, compute_uv=False)
+    for energy in (0.999, 1.0):
+        s = open_store(None)
+        s.create("W", W.shape, "float64", init=W)
+        r = factorize(s, "W", energy=energy, method="randomized")
+        want = int(np.searchsorted(np.cumsum(sv**2) / (sv**2).sum(), energy * (1 - 1e-12))) + 1
+        assert r.rank == want and r.energy_kept >= energy * (1 - 1e-9)
+        np.testing.assert_allclose(r.rel_error, np.sqrt((sv[r.rank:] ** 2).sum() / (sv**2).sum()), atol=1e-9)
+
+
+def test_exact_figures_do_not_overflow_for_huge_entries():
+    W = np.random.default_rng(2).standard_normal((60, 40))
+    sv = np.linalg.svd(W, compute_uv=False)
+    s = open_store(None)
+    s.create("W", W.shape, "float64", init=W * 1e160)
+    r = factorize(s, "W", rank=3, method="exact")
+    np.testing.assert_allclose(r.rel_error, np.sqrt((sv[3:] ** 2).sum() / (sv**2).sum()), rtol=1e-10)
+    np.testing.assert_allclose(r.energy_kept, (sv[:3] ** 2).sum() / (sv**2).sum(), rtol=1e-10)

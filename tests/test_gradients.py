@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import oocnet as oc
 from oocnet.activations import ACTIVATIONS
+from oocnet.errors import ConfigError
 from oocnet.losses import softmax
 from oocnet.testing import gradcheck, gradcheck_model, numerical_gradient, relative_error
 
@@ -203,3 +204,18 @@ def test_random_shapes_gradcheck(widths, rows, seed, act):
             assert relative_error(analytic[key], num) < TOL, key
         else:
             np.testing.assert_allclose(analytic[key], num, atol=1e-9 * scale, rtol=0, err_msg=key)
+
+
+def test_numerical_gradient_works_for_any_memory_layout_and_checks_its_arguments():
+    A = np.random.default_rng(0).standard_normal((3, 4))
+    f = lambda x: float((x**3).sum())  # noqa: E731
+    for x in (A.T, A.T.copy(order="F"), A[:, ::2]):
+        before = x.copy()
+        np.testing.assert_allclose(numerical_gradient(f, x), 3 * x**2, rtol=1e-7, atol=1e-8)
+        np.testing.assert_array_equal(x, before)  # restored
+        assert gradcheck(f, x, 3 * x**2) < 1e-8
+    with pytest.raises(ConfigError, match="one real number"):
+        gradcheck(lambda x: x**2, A, 2 * A)
+    for eps in (0, -1e-6, float("nan")):
+        with pytest.raises(ConfigError, match="eps"):
+            numerical_gradient(f, A, eps)

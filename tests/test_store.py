@@ -708,3 +708,17 @@ def test_hdf5_truncated_file_is_a_format_error(tmp_path):
     os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(StoreFormatError, match="damaged"):
         open_store(path)
+
+
+@pytest.mark.parametrize("backend", ["memory", "memmap", "hdf5"])
+def test_commit_arguments_are_checked_before_anything_is_committed(backend, tmp_path):
+    path = {"memory": None, "memmap": tmp_path / "p", "hdf5": tmp_path / "p.h5"}[backend]
+    with open_store(path) as s:
+        s.create("a", (3, 2), "float64")
+        first = s.commit(step=1)
+        for step, metadata in (("x", None), (-1, None), (True, None), (2, {1: 2}), (2, {"t": (1, 2)}),
+                               (2, {"o": object()}), (2, {"x": float("nan")}), (2, [1])):
+            with pytest.raises(ConfigError):
+                s.commit(step=step, metadata=metadata)
+        assert s.last_commit == first
+        assert s.commit(step=2, metadata={"k": [1, 2.5, "x"]})["metadata"] == {"k": [1, 2.5, "x"]}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,7 +69,7 @@ def parse_bytes(value) -> int | None:
             n = float(num)
         except ValueError:
             n = -1.0
-        if unit in _UNITS and n > 0:
+        if unit in _UNITS and math.isfinite(n) and n * _UNITS[unit] >= 1:  # "0.5" is no byte: refused
             return int(n * _UNITS[unit])
     raise ConfigError(
         f"budget must be a positive byte count such as 268435456, '256MiB' or '1.5GB', or None, got {value!r}."

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import math
 import operator
 import os
@@ -469,6 +470,22 @@ class Store(abc.ABC):
         """A live, writeable view of rows ``[start, stop)`` (only where ``zero_copy``)."""
         raise NotImplementedError(f"{type(self).__name__} does not hand out views (zero_copy is False).")
 
+    @staticmethod
+    def _check_commit_args(step, metadata) -> None:
+        """A commit's ``step`` is an int >= 0; its ``metadata`` a dict that JSON keeps as it is."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
+            raise ConfigError(f"commit step must be an integer >= 0 (or None), got {step!r}.")
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise ConfigError(f"commit metadata must be a dict, got {type(metadata).__name__}.")
+            try:
+                same = json.loads(json.dumps(metadata, allow_nan=False)) == metadata
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"commit metadata must be JSON-serialisable, got {metadata!r}: {exc}.") from exc
+            if not same:
+                raise ConfigError(f"commit metadata must read back unchanged from JSON (string keys, lists not "
+                                  f"tuples), got {metadata!r}.")
+
     def commit(self, step: int | None = None, metadata: dict | None = None) -> dict:
         """Make everything written so far durable as one commit; return its record.
 
@@ -476,6 +493,7 @@ class Store(abc.ABC):
         the journaled protocol of :mod:`oocnet.store.durable`.
         """
         self._check_writable()
+        self._check_commit_args(step, metadata)
         prev = getattr(self, "_mem_commit", {"generation": 0, "step": 0, "metadata": {}, "time": None})
         self._mem_commit = {"generation": prev["generation"] + 1,
                             "step": prev["step"] if step is None else int(step),

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -497,11 +496,7 @@ class DurableStore:
                 f"nothing was committed. Close the store and reopen it: it rolls back to the last commit "
                 f"(step {self._commit['step']})."
             )
-        if metadata is not None:
-            try:
-                json.dumps(metadata)
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"commit metadata must be JSON-serialisable, got {metadata!r}: {exc}.") from exc
+        self._check_commit_args(step, metadata)
         self._flush()
         checksums = {k: list(v) for k, v in self._checksums.items() if k in self._live_keys()}
         for key, i in self._recompute:

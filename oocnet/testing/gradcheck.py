@@ -17,21 +17,36 @@ from ..errors import ConfigError
 
 
 def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central-difference gradient of scalar ``f`` at ``x`` (float64; ``x`` is restored afterwards)."""
+    """Central-difference gradient of scalar ``f`` at ``x`` (float64).
+
+    ``x`` is perturbed in place, one element at a time, and restored afterwards
+    (any memory layout; a read-only ``x`` is copied first).
+    """
     x = np.asarray(x)
     if x.dtype != np.float64:
         raise ConfigError(f"gradcheck needs float64 inputs for accuracy, got {x.dtype}.")
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = float(f(x))
-        flat[i] = old - eps
-        fm = float(f(x))
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (np.isfinite(eps) and eps > 0):
+        raise ConfigError(f"eps must be a finite number > 0, got {eps!r}.")
+    if not x.flags.writeable:
+        x = x.copy()
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for i in np.ndindex(x.shape):  # by index, not through reshape(-1): that copies a non-C-ordered x
+        old = x[i]
+        x[i] = old + eps
+        fp = _scalar(f(x))
+        x[i] = old - eps
+        fm = _scalar(f(x))
+        x[i] = old
+        grad[i] = (fp - fm) / (2 * eps)
     return grad
+
+
+def _scalar(value) -> float:
+    arr = np.asarray(value)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ConfigError(f"the function under gradcheck must return one real number, got {type(value).__name__} "
+                          f"of shape {arr.shape}.")
+    return float(arr.reshape(()))
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
