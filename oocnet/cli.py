@@ -10,6 +10,10 @@ from .errors import OocnetError
 
 def _cmd_walkthrough(args: argparse.Namespace) -> int:
     from . import walkthrough
+    from .errors import ConfigError
+
+    if args.iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1, got {args.iterations}.")
 
     walkthrough.format_log(walkthrough.run(args.iterations), write=lambda s: print(s))
     return 0
@@ -100,6 +104,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import config, run
+    from .errors import ConfigError
+
+    if args.labels and not args.data:
+        raise ConfigError("--labels goes with --data (the labels of that data); the config's test data has its own.")
 
     spec = config.load_config(args.config)
     result = run.evaluate(spec, data=args.data, labels=args.labels, top_k=args.top_k, progress=not args.no_progress)
@@ -122,11 +130,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    import os
+
     from . import profile
     from .errors import ConfigError
     from .paging import parse_bytes
 
     budget = parse_bytes(args.budget) if args.budget else None
+    if args.json and args.json != "-":  # checked now, not after a long run
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or os.path.isdir(args.json):
+            raise ConfigError(f"--json {args.json}: cannot write a file there (no such folder, or it is a folder).")
     allowance = parse_bytes(args.allowance)
     if allowance is None:
         raise ConfigError(f"--allowance must be a byte count such as 100MiB, got {args.allowance!r}.")
@@ -321,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"oocnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `oocnet inspect STORE | head`: the reader left, nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -194,7 +194,8 @@ def _int(d: dict, key: str, path: str, default, *, minimum: int = 1):
         return default
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        what = ("a positive integer" if minimum == 1 else "an integer" if minimum < -(2**31)
+                else f"an integer >= {minimum}")
         raise ConfigError(f"{path}.{key} must be {what}, got {_show(v)}.")
     return v
 
@@ -281,7 +282,7 @@ def load_config(path) -> RunSpec:
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration {os.fspath(path)!r}: {exc.strerror or exc}.") from None
     try:
-        raw = tomllib.loads(text.decode("utf-8"))
+        raw = tomllib.loads(text.decode("utf-8-sig"))  # a BOM (some editors add one) is not TOML's
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}.") from None
     spec = parse_config(raw, base=p.resolve().parent)

@@ -152,6 +152,8 @@ def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256M
     for name, v in (("vocab", vocab), ("n_train", n_train), ("n_test", n_test)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
     if words not in ("auto", "zipf", "wordfreq"):
         raise ConfigError(f"words must be one of auto, zipf, wordfreq, got {words!r}.")
     budget_bytes = parse_bytes(budget)
@@ -161,7 +163,12 @@ def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256M
     if words == "wordfreq" and not _words_available():
         raise ConfigError('wordfreq is not installed; pip install "oocnet[words]", or use --words zipf.')
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"the demo's folder {directory} is a file; give a folder (--dir).")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the demo's folder {directory}: {exc.strerror or exc}.") from exc
     task = {"version": TASK_VERSION, "vocab": int(vocab), "dim": 128, "classes": 16, "words_per_example": 20,
             "signal_words": 32, "signal_rate": 0.1, "exponent": 1.1, "seed": int(seed), "n_train": int(n_train),
             "n_test": int(n_test), "words": "wordfreq" if use_words else "zipf"}

@@ -23,6 +23,7 @@ A sparse (CSR) batch given to a dense first layer is made dense per batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -36,7 +37,7 @@ import scipy.sparse as sp
 
 from . import data as _data
 from .config import RunSpec
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, OocnetError
 from .phases import phase
 from .profile import RssSampler, memory_now
 
@@ -64,25 +65,58 @@ def store_files(path, backend: str | None = None) -> list[Path]:
     return sorted(f for f in p.iterdir() if f.is_file())
 
 
+def _is_oocnet_h5(p: Path) -> bool:
+    """Whether the file ``p`` is an oocnet HDF5 store (not just any HDF5 file, e.g. the user's data)."""
+    import h5py
+
+    if p.with_name(p.name + ".commit.json").is_file():
+        return True
+    try:
+        with h5py.File(p, "r", locking=False) as f:
+            return "oocnet_format" in f.attrs
+    except (OSError, ValueError):
+        return False
+
+
 def store_exists(path, backend: str | None = None) -> bool:
-    """Whether ``path`` holds a store (a memmap folder with a manifest, or an HDF5 file)."""
+    """Whether ``path`` holds a store (a memmap folder with a manifest, or an oocnet HDF5 file).
+
+    Raises ConfigError if ``path`` is a file or folder that is not an oocnet store
+    (so that training neither writes into nor deletes, say, a data file).
+    """
     p = Path(path)
     if store_backend(p, backend) == "hdf5":
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder, not an .h5 file; an HDF5 store is a file.")
+        if p.is_file() and not _is_oocnet_h5(p):
+            raise ConfigError(f"{p} exists and is not an oocnet store (an HDF5 file without oocnet's format "
+                              f"mark, or not HDF5 at all); choose another store path.")
         return p.is_file()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{p} is a file; a memmap store is a folder (use a path ending in .h5 for HDF5).")
     return (p / "manifest.json").is_file()
 
 
 def remove_store(path, backend: str | None = None) -> None:
-    """Delete a disk store (refuses a folder that is not a memmap store)."""
+    """Delete a disk store: refuses a path that is not an oocnet store, and a store a writer holds."""
+    from .store.durable import acquire_lock
+
     p = Path(path)
-    if store_backend(p, backend) == "hdf5":
-        for f in store_files(p, "hdf5"):
-            f.unlink()
-        return
-    if p.exists():
-        if not (p / "manifest.json").is_file():
+    hdf5 = store_backend(p, backend) == "hdf5"
+    if not store_exists(p, backend):
+        if not hdf5 and p.is_dir() and any(p.iterdir()):
             raise ConfigError(f"{p} is not an oocnet store (no manifest.json); not deleting it.")
-        shutil.rmtree(p)
+        return
+    # Held while deleting: a running writer makes this fail naming its pid, and none can start.
+    fd = acquire_lock(p.with_name(p.name + ".lock") if hdf5 else p / "lock", p)
+    try:
+        if hdf5:
+            for f in store_files(p, "hdf5"):
+                f.unlink()
+        else:
+            shutil.rmtree(p)
+    finally:
+        os.close(fd)
 
 
 def disk_bytes(path, backend: str | None = None) -> int:
@@ -149,12 +183,14 @@ def _prepare(model, loss, X, y, offset: int):
     if sp.issparse(X) and not _first_is_sparse(model):
         X = X.toarray()
     y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"labels must be numbers, got dtype {y.dtype} in the data.")
     if loss.targets == "labels":
         yf = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
         if yf.dtype.kind == "f":
             if not np.all(np.isfinite(yf)) or not np.all(yf == np.round(yf)):
                 bad = yf[~(np.isfinite(yf) & (yf == np.round(yf)))][0]
-                raise InputError(f"{loss.name} needs integer class labels, got {bad!r} in the data.")
+                raise InputError(f"{loss.name} needs integer class labels, got {float(bad)!r} in the data.")
         y = yf.astype(np.int64) - offset
     return X, y
 
@@ -165,7 +201,8 @@ def _prepare(model, loss, X, y, offset: int):
 def _progress(total, desc, enabled, stream):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ex", unit_scale=True, disable=not enabled, file=stream,
+    # disable=None when enabled: tqdm stays quiet on a stream that is not a terminal (logs, pipes).
+    return tqdm(total=total, desc=desc, unit="ex", unit_scale=True, disable=None if enabled else True, file=stream,
                 mininterval=0.5, smoothing=0.1, dynamic_ncols=True, leave=True)
 
 
@@ -202,15 +239,21 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     stream = sys.stderr if stream is None else stream
     st = spec.store
     on_disk = st.path is not None and st.backend != "memory"
-    if on_disk and store_exists(st.path, st.backend):
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them.")
+    existed = on_disk and store_exists(st.path, st.backend)
+    if existed:
         if overwrite:
             remove_store(st.path, st.backend)
+            existed = False
         elif not resume:
             raise ConfigError(
                 f"store {st.path} already holds a model; pass --resume to continue training it, or --overwrite "
                 f"to delete it and start over."
             )
     dataset = open_data(spec, "train")
+    if dataset.n_rows == 0:
+        raise InputError(f"the training data {spec.data.train} holds no examples.")
     loss, opt = spec.build_loss(), spec.build_optimizer()
     epochs = spec.training.epochs if epochs is None else int(epochs)
     base = memory_now()
@@ -225,12 +268,15 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     build_s = time.perf_counter() - t_build
     summary: dict = {"config": str(spec.source) if spec.source else None, "store": str(st.path) if st.path else None,
                      "backend": model.store.backend, "budget": model.budget, "build_seconds": build_s}
+    untrained_new_store = False  # a store this call created, failing before its first step: removed again
     try:
         start_epoch, skip, resumed_from = 0, 0, None
         meta = (model.last_commit.get("metadata") or {}).get("run") if resume else None
         if resume and model.step > 0:
             resumed_from = model.step
         if meta:
+            if int(meta.get("batch", 0)) > 0:  # mid-epoch: the position counts batches of one order
+                _check_resume_order(spec, meta)
             start_epoch, skip = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
         bs = spec.training.batch_size
         n_rows = dataset.n_rows if dataset.n_rows is not None else (dataset.count_rows() if progress else None)
@@ -296,6 +342,8 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     model.commit(metadata=_meta(spec, epoch, batch_no, examples))
                     break
             seconds = time.perf_counter() - t0
+            if examples == 0 and start_epoch < epochs:
+                raise InputError(f"the training data {spec.data.train} holds no examples.")
             if not stopped:
                 model.commit(metadata=_meta(spec, epochs, 0, examples, done=True))
         majority = labels_seen.most_common(1)[0][0] if labels_seen else None
@@ -313,10 +361,16 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
             io=model.io_stats,
         )
         summary.update(_param_bytes(model))
+    except BaseException:
+        untrained_new_store = on_disk and not existed and model.step == 0
+        raise
     finally:
         sampler.stop()
         with phase("commit", None):  # closing writes back what is left and commits it
             close_model(model)
+        if untrained_new_store:  # so that the next run needs neither --resume nor --overwrite
+            with contextlib.suppress(OocnetError, OSError):
+                remove_store(st.path, st.backend)
     if on_disk:
         summary["disk_bytes"] = disk_bytes(st.path, st.backend)
     return summary
@@ -324,7 +378,25 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
 
 def _meta(spec: RunSpec, epoch: int, batch: int, examples: int, done: bool = False) -> dict:
     return {"run": {"epoch": int(epoch), "batch": int(batch), "examples": int(examples), "done": bool(done),
-                    "config": str(spec.source) if spec.source else None}}
+                    "config": str(spec.source) if spec.source else None, **_order(spec)}}
+
+
+def _order(spec: RunSpec) -> dict:
+    """What decides which examples a committed (epoch, batch) position stands for."""
+    t = spec.training
+    return {"batch_size": int(t.batch_size), "shuffle_buffer": int(t.shuffle_buffer), "seed": int(spec.seed)}
+
+
+def _check_resume_order(spec: RunSpec, meta: dict) -> None:
+    """Refuse to resume with settings that would make the committed position skip the wrong examples."""
+    now = _order(spec)
+    changed = [f"{k} {meta[k]} -> {v}" for k, v in now.items() if k in meta and meta[k] != v]
+    if changed:
+        raise ConfigError(
+            f"the store's last commit was made with other data-order settings ({', '.join(changed)}); resuming "
+            f"would skip the wrong examples. Resume with the settings it was trained with, or pass --overwrite "
+            f"to start over."
+        )
 
 
 def _param_bytes(model) -> dict:
@@ -448,6 +520,8 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
         store = open_store(p, backend=be, read_only=True)
     except StoreError as exc:
         out["error"] = str(exc)
+        if verify:  # a store that cannot even be opened does not pass verification
+            out["verify"] = {"ok": False, "bad": [], "error": str(exc)}
         return out
     with store:
         out["last_commit"] = store.last_commit
@@ -489,6 +563,8 @@ def format_inspect(info: dict) -> str:
     lines.append(f"lock       {'held by pid ' + str(lk['pid']) + ' (running)' if lk['running'] else 'free'}")
     if "error" in info:
         lines.append(f"parameters cannot be listed read-only: {info['error']}")
+        if "verify" in info:
+            lines.append("verify     failed: the store cannot be opened (see above)")
         return "\n".join(lines)
     rows = [(x["key"], "(" + ", ".join(map(str, x["shape"])) + ("," if len(x["shape"]) == 1 else "") + ")",
              x["dtype"], format_bytes(x["bytes"])) for x in info["parameters"]]

@@ -65,14 +65,19 @@ def test_train_learns_and_prints_json(tmp_path, capsys):
     with oc.open_store(tmp_path / "params", read_only=True) as st:
         assert st.last_commit["step"] == 126
         assert st.last_commit["metadata"]["run"] == {"epoch": 2, "batch": 0, "examples": 8000, "done": True,
-                                                     "config": str(cfg)}
+                                                     "config": str(cfg), "batch_size": 64, "shuffle_buffer": 500,
+                                                     "seed": 0}
 
 
-def test_train_text_summary_and_progress_bar(tmp_path, capsys):
+def test_train_text_summary_and_progress_bar(tmp_path, capsys, monkeypatch):
     cfg = make_task(tmp_path, training__epochs=1)
-    rc, out, err = run_cli(capsys, "train", cfg)
+    rc, out, err = run_cli(capsys, "train", cfg)  # stderr is not a terminal here: no bar frames in logs
     assert rc == 0
     assert "trained    4,000 examples in 63 steps" in out and "accuracy" in out and "peak RSS" in out
+    assert "ex/s" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: the bar
+    rc, out, err = run_cli(capsys, "train", cfg, "--overwrite")
+    assert rc == 0
     assert "ex/s" in err and "loss=" in err and "rss=" in err  # the tqdm bar
 
 
@@ -232,3 +237,89 @@ def test_entry_point_as_a_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "oocnet", "train", str(tmp_path / "missing.toml")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "cannot read the configuration" in out.stderr
+
+
+# -- what the command line must refuse, before it does harm -------------------------------------
+
+def test_overwrite_refuses_a_store_another_writer_holds(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    with oc.open_store(tmp_path / "params") as held:  # a running writer (its lock is held)
+        rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--overwrite")
+        assert rc == 2 and "already open for writing" in err
+        assert held.last_commit["step"] == 63
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["step"] == 63 and st.verify() == []
+
+
+def test_a_store_path_naming_a_users_hdf5_file_is_never_written_or_deleted(tmp_path, capsys):
+    import h5py
+
+    cfg = make_task(tmp_path, training__epochs=1, store__path="mydata.h5")
+    with h5py.File(tmp_path / "mydata.h5", "w") as f:
+        f["X"] = np.arange(10.0)
+    before = (tmp_path / "mydata.h5").read_bytes()
+    for flags in ((), ("--overwrite",), ("--resume",)):
+        rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", *flags)
+        assert rc == 2 and "not an oocnet store" in err, err
+        assert (tmp_path / "mydata.h5").read_bytes() == before
+    assert not (tmp_path / "mydata.h5.lock").exists()
+
+
+def test_resuming_mid_epoch_with_another_batch_size_is_refused(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__max_steps=10)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    cfg = make_task(tmp_path, training__batch_size=32)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume")
+    assert rc == 2 and "batch_size 64 -> 32" in err
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["step"] == 10
+
+
+def test_inspect_verify_fails_on_a_damaged_store(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    assert run_cli(capsys, "inspect", tmp_path / "params", "--verify")[0] == 0
+    shard = sorted((tmp_path / "params").glob("embedding_0%2FW.*.npy"))[0]
+    with open(shard, "r+b") as f:
+        f.seek(300)
+        f.write(b"\xff\xfe")
+    rc, out, err = run_cli(capsys, "inspect", tmp_path / "params", "--verify")
+    assert rc == 1 and "verify     failed" in out
+
+
+def test_empty_training_data_is_an_error_and_leaves_no_store(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    (tmp_path / "train.svm").write_text("# nothing here\n")
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "holds no examples" in err
+    assert not (tmp_path / "params").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["walkthrough", "--iterations", "0"], "--iterations must be at least 1"),
+    (["demo", "--seed", "-1", "--no-progress"], "seed must be an integer >= 0"),
+    (["profile", "CFG", "--json", "/nonexistent/folder/r.json"], "--json /nonexistent/folder/r.json"),
+    (["train", "CFG", "--resume", "--overwrite"], "contradict"),
+    (["evaluate", "CFG", "--labels", "y.npy"], "--labels goes with --data"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
+    cfg = make_task(tmp_path, training__epochs=1)
+    argv = [str(cfg) if a == "CFG" else a for a in argv]
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "params").exists()  # nothing ran
+
+
+def test_demo_dir_that_is_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    rc, out, err = run_cli(capsys, "demo", "--dir", tmp_path / "f", "--no-progress")
+    assert rc == 2 and "is a file" in err
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    out = subprocess.run(f"{sys.executable} -m oocnet inspect {tmp_path / 'params'} | head -c 10",
+                         shell=True, capture_output=True, text=True)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr

@@ -72,7 +72,8 @@ def parse_bytes(value) -> int | None:
         if unit in _UNITS and math.isfinite(n) and n * _UNITS[unit] >= 1:  # "0.5" is no byte: refused
             return int(n * _UNITS[unit])
     raise ConfigError(
-        f"budget must be a positive byte count such as 268435456, '256MiB' or '1.5GB', or None, got {value!r}."
+        f"budget must be a positive byte count such as 268435456, '256MiB' or '1.5GB', or none (no limit), "
+        f"got {value!r}."
     )
 
 
