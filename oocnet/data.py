@@ -84,6 +84,24 @@ BLOCK_BYTES = 256 * 2**10
 _QID = re.compile(rb"(?<!\S)qid:\S*")
 _POW10 = 10.0 ** np.arange(-40, 41)
 _PLAIN = b"0123456789 \t\r.-+"
+_BOM = b"\xef\xbb\xbf"
+_LONE_CR = re.compile(rb"\r(?!\n|\Z)")
+
+
+def _one_colon_per_token(text: bytes) -> bool:
+    """Whether every whitespace-separated token of ``text`` holds exactly one ':' with something on each side."""
+    b = np.frombuffer(text, dtype=np.uint8)
+    if b.size == 0:
+        return True
+    ws = (b == 32) | ((b - 9) <= 4)  # ' ', '\t', '\n', '\v', '\f', '\r': what bytes.split() splits on
+    colon = b == 58
+    if colon[0] or colon[-1] or np.any(colon[1:] & ws[:-1]) or np.any(colon[:-1] & ws[1:]):
+        return False  # ':2', '1:' or a lone ':'
+    start = ~ws
+    start[1:] &= ws[:-1]
+    # token starts and colons, in order, must alternate: start, colon, start, colon, ...
+    ev = colon[np.flatnonzero(start | colon)]
+    return ev.size % 2 == 0 and not ev[0::2].any() and bool(ev[1::2].all())
 
 
 def _fast_numbers(text: bytes) -> tuple[np.ndarray, np.ndarray] | None:
@@ -232,6 +250,9 @@ class SvmlightDataset(Dataset):
         self.base = 0 if zero_based else 1
         self.block_bytes = _check_positive("block_bytes", block_bytes)
         self.dtype = np.dtype(dtype)
+        kind = self.dtype.kind
+        self._vmax = (float(np.finfo(self.dtype).max) if kind == "f" else
+                      float(np.iinfo(self.dtype).max) if kind in "iu" else None)
         if n_features is None:
             n_features = self._scan_width()
         self.n_features = _check_positive("n_features", n_features)
@@ -260,13 +281,21 @@ class SvmlightDataset(Dataset):
     def _read_blocks(self) -> Iterator[tuple[bytes, int]]:
         """(text ending at a line end, number of its first line)."""
         line = 1
-        carry = b""
         with open(self.path, "rb") as fh:
+            carry = fh.read(len(_BOM))
+            if carry == _BOM:
+                carry = b""  # a UTF-8 byte-order mark (Windows editors write one): not part of the first label
             while True:
                 buf = fh.read(self.block_bytes)
                 if not buf:
                     break
                 buf = carry + buf
+                if b"\r" in buf:
+                    cr = _LONE_CR.search(buf)
+                    if cr:  # checked here: a file without a single '\n' would otherwise be read whole
+                        raise self._fail(line + buf.count(b"\n", 0, cr.start()),
+                                         "found a '\\r' not followed by '\\n': '\\r'-only line endings are not "
+                                         "supported; expected '\\n' or '\\r\\n' line endings.")
                 cut = buf.rfind(b"\n")
                 if cut < 0:
                     carry = buf
@@ -306,7 +335,10 @@ class SvmlightDataset(Dataset):
             np.cumsum(counts, out=indptr[1:])
         try:
             y = np.array(labels).astype(np.float64) if n else np.zeros(0)
-            joined = b" ".join(rests).replace(b":", b" ")
+            joined = b" ".join(rests)
+            if not _one_colon_per_token(joined):  # else an extra ':' here and a missing one there cancel out
+                raise ValueError("not one ':' per pair")
+            joined = joined.replace(b":", b" ")
             fast = None if joined.translate(None, _PLAIN) else _fast_numbers(joined)
             if fast is not None:
                 vals, had_dot = fast
@@ -338,6 +370,13 @@ class SvmlightDataset(Dataset):
         if not np.all(np.isfinite(val)):
             row = int(np.searchsorted(indptr, np.flatnonzero(~np.isfinite(val))[0], side="right")) - 1
             raise self._fail(lines[row], "a feature value is NaN or inf.")
+        if val.size and self._vmax is not None:
+            big = np.abs(val) > self._vmax  # would become inf (or wrap) in self.dtype
+            if big.any():
+                k = int(np.flatnonzero(big)[0])
+                row = int(np.searchsorted(indptr, k, side="right")) - 1
+                raise self._fail(lines[row], f"feature value out of range for {self.dtype}: expected at most "
+                                             f"{self._vmax:.8g} in magnitude, got {val[k]:g}.")
         idx -= self.base
         if idx.size:
             bad = idx < 0
@@ -480,6 +519,25 @@ def _scalar(stream: _NpyStream):
     return stream.read(stream.n_rows).reshape(-1)
 
 
+def _check_numeric(dtype, where: str, what: str) -> None:
+    if np.dtype(dtype).kind not in "biuf":  # strings, records, objects, dates would pass as data
+        raise InputError(f"{where}: expected numeric {what} (integer, float or bool), got dtype {dtype}.")
+
+
+def _check_integer(dtype, where: str, what: str) -> None:
+    if np.dtype(dtype).kind not in "iu":
+        raise InputError(f"{where}: expected integer {what}, got dtype {dtype}.")
+
+
+def _csr_shape(shape, where: str) -> tuple[int, int]:
+    """A CSR matrix's recorded ``(rows, features)``, checked."""
+    s = np.asarray(shape)
+    if s.shape != (2,) or s.dtype.kind not in "iuf" or not np.all((s >= 0) & (s == np.round(s)) & np.isfinite(s)):
+        got = s.tolist() if s.size <= 4 else f"an array of shape {s.shape}"
+        raise InputError(f"{where}: expected a CSR shape of two non-negative integers (rows, features), got {got!r}.")
+    return int(s[0]), int(s[1])
+
+
 def _check_labels_len(y_rows: int, x_rows: int, where: str) -> None:
     if y_rows != x_rows:
         raise InputError(f"{where}: X has {x_rows} rows but the labels have {y_rows}; expected one label per row.")
@@ -510,6 +568,8 @@ class NpyDataset(Dataset):
             xs, ys = _NpyStream(fx, str(self.path)), _NpyStream(fy, str(self.labels))
         if len(xs.shape) != 2:
             raise InputError(f"{self.path}: X must be 2-D (rows x features), got shape {xs.shape}.")
+        _check_numeric(xs.dtype, str(self.path), "features")
+        _check_numeric(ys.dtype, str(self.labels), "labels")
         _check_labels_len(ys.n_rows, xs.n_rows, str(self.path))
         self.n_rows, self.n_features = xs.n_rows, xs.shape[1]
 
@@ -559,13 +619,24 @@ class NpzDataset(Dataset):
                     if fmt != "csr":
                         raise InputError(f"{self.path}: holds a {fmt!r} sparse matrix; expected 'csr' "
                                          f"(save X.tocsr()).")
-            self.n_rows, self.n_features = int(shape[0]), int(shape[1])
+                self.n_rows, self.n_features = _csr_shape(shape, f"{self.path}[shape]")
+                with zf.open("data.npy") as fh:
+                    _check_numeric(_NpyStream(fh, f"{self.path}[data]").dtype, f"{self.path}[data]", "values")
+                with zf.open("indices.npy") as fh:
+                    ind = _NpyStream(fh, f"{self.path}[indices]")
+                    _check_integer(ind.dtype, ind.name, "column indices")
+                with zf.open("indptr.npy") as fh:  # only the header and the first entry are read
+                    ptr = _NpyStream(fh, f"{self.path}[indptr]")
+                    _check_integer(ptr.dtype, ptr.name, "row pointers")
+                    if ptr.n_rows != self.n_rows + 1:
+                        raise InputError(f"{self.path}: indptr has {ptr.n_rows} entries, expected {self.n_rows + 1}.")
         elif "X" in names:
             self.sparse = False
             with zipfile.ZipFile(self.path) as zf, zf.open("X.npy") as fh:
                 xs = _NpyStream(fh, f"{self.path}[X]")
             if len(xs.shape) != 2:
                 raise InputError(f"{self.path}[X]: must be 2-D (rows x features), got shape {xs.shape}.")
+            _check_numeric(xs.dtype, f"{self.path}[X]", "features")
             self.n_rows, self.n_features = xs.n_rows, xs.shape[1]
         else:
             raise InputError(f"{self.path}: expected members X and y (np.savez) or indptr, indices, data, shape "
@@ -573,6 +644,7 @@ class NpzDataset(Dataset):
         if self.labels is None and "y" not in names:
             raise InputError(f"{self.path}: has no 'y' member; give the labels' .npy file (labels=).")
         with zipfile.ZipFile(self.path) as zf, self._labels_stream(zf) as ys:
+            _check_numeric(ys.dtype, ys.name, "labels")
             _check_labels_len(ys.n_rows, self.n_rows, str(self.path))
 
     class _Opened:
@@ -663,21 +735,50 @@ class HDF5Dataset(Dataset):
             for n in (x, y):
                 if n not in f:
                     raise InputError(f"{self.path}: has no dataset {n!r}; it holds {names}.")
-            X = f[x]
+            X, Y = f[x], f[y]
+            if not isinstance(Y, h5py.Dataset):
+                raise InputError(f"{self.path}: {y!r} must be a dataset of labels, got a {type(Y).__name__}.")
+            if not Y.shape:  # a scalar (or empty) dataset
+                raise InputError(f"{self.path}: {y!r} must be an array of one label per row, got shape {Y.shape}.")
+            _check_numeric(Y.dtype, str(self.path), f"labels in {y!r}")
             if isinstance(X, h5py.Group):
                 need = {"data", "indices", "indptr"}
                 if not need <= set(X.keys()) or ("shape" not in X.attrs and "shape" not in X):
                     raise InputError(f"{self.path}: group {x!r} must hold datasets data, indices, indptr and a "
                                      f"shape attribute (CSR), got {sorted(X.keys())}.")
-                shape = X.attrs["shape"] if "shape" in X.attrs else X["shape"][()]
+                for k in sorted(need):
+                    if not isinstance(X[k], h5py.Dataset) or X[k].shape is None or len(X[k].shape) != 1:
+                        raise InputError(f"{self.path}: {x}/{k} must be a 1-D dataset, got "
+                                         f"{getattr(X[k], 'shape', type(X[k]).__name__)}.")
+                _check_numeric(X["data"].dtype, str(self.path), f"values in {x}/data")
+                _check_integer(X["indices"].dtype, str(self.path), f"column indices in {x}/indices")
+                _check_integer(X["indptr"].dtype, str(self.path), f"row pointers in {x}/indptr")
+                shape = X.attrs["shape"] if "shape" in X.attrs else X["shape"]
+                shape = shape[()] if isinstance(shape, h5py.Dataset) else shape
                 self.sparse = True
-                self.n_rows, self.n_features = int(shape[0]), int(shape[1])
+                self.n_rows, self.n_features = _csr_shape(shape, f"{self.path}: {x}/shape")
+                # Metadata and two entries only: a full scan of indptr is left to chunks(), block by block.
+                ptr, nnz = X["indptr"], X["indices"].shape[0]
+                if X["data"].shape[0] != nnz:
+                    raise InputError(f"{self.path}: {x}/data has {X['data'].shape[0]} entries but {x}/indices has "
+                                     f"{nnz}; expected one index per value.")
+                if ptr.shape[0] != self.n_rows + 1:
+                    raise InputError(f"{self.path}: {x}/indptr has {ptr.shape[0]} entries, expected "
+                                     f"{self.n_rows + 1} (rows + 1).")
+                first, last = int(ptr[0]), int(ptr[-1])
+                if first != 0 or not 0 <= last <= nnz:
+                    raise InputError(f"{self.path}: {x}/indptr must run from 0 to at most {nnz} (the stored "
+                                     f"values), got {first}..{last}.")
             else:
-                if X.ndim != 2:
+                if not isinstance(X, h5py.Dataset):
+                    raise InputError(f"{self.path}: {x!r} must be a 2-D dataset or a CSR group, got a "
+                                     f"{type(X).__name__}.")
+                if X.shape is None or len(X.shape) != 2:
                     raise InputError(f"{self.path}: {x!r} must be 2-D (rows x features), got shape {X.shape}.")
+                _check_numeric(X.dtype, str(self.path), f"features in {x!r}")
                 self.sparse = False
                 self.n_rows, self.n_features = X.shape
-            _check_labels_len(f[y].shape[0], self.n_rows, f"{self.path}")
+            _check_labels_len(Y.shape[0], self.n_rows, f"{self.path}")
 
     def chunks(self):
         import h5py
@@ -689,6 +790,9 @@ class HDF5Dataset(Dataset):
                 b = min(n, a + step)
                 if self.sparse:
                     p = X["indptr"][a: b + 1].astype(np.int64)
+                    if np.any(np.diff(p) < 0):
+                        raise InputError(f"{self.path}: {self.x}/indptr must be non-decreasing, got a decrease in "
+                                         f"rows {a}..{b - 1}.")
                     idx, val = X["indices"][p[0]: p[-1]], X["data"][p[0]: p[-1]]
                     if idx.size and (idx.min() < 0 or idx.max() >= self.n_features):
                         raise InputError(f"{self.path}: {self.x}/indices must lie in [0, {self.n_features}), got "
@@ -780,8 +884,15 @@ def batches(dataset, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
         X a CSR matrix or ndarray of at most ``batch_size`` rows, y its labels.
     """
     batch_size = _check_positive("batch_size", batch_size)
-    if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, (int, np.integer)) or shuffle_buffer < 0:
-        raise ConfigError(f"shuffle_buffer must be a non-negative integer, got {shuffle_buffer!r}.")
+    for name, value in (("shuffle_buffer", shuffle_buffer), ("skip", skip)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+    # Checked here, at the call; the generator below runs only when iterated.
+    return _batches(dataset, batch_size, shuffle_buffer, seed, int(skip), drop_last)
+
+
+def _batches(dataset, batch_size: int, shuffle_buffer: int, seed, skip: int, drop_last: bool):
+    """The generator behind :func:`batches` (arguments checked)."""
     rng = np.random.default_rng(seed)
     shuffle = shuffle_buffer > 1
     xs: list = []

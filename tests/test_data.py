@@ -288,3 +288,245 @@ def test_svmlight_index_too_large_for_int64_names_its_line(tmp_path, bad):
     path.write_text(f"0 1:1\n1 {bad}\n")
     with pytest.raises(InputError, match=r"d.svm:2: .*too large"):
         list(batches(open_dataset(path, n_features=10), 4))
+
+
+# --- review fixes -------------------------------------------------------------------------
+@pytest.mark.parametrize("line", [
+    "1 1:2:3 4\n",      # an extra colon here, a missing one there: once cancelled out
+    "1 1::2 3\n",
+    "1 1: 2\n",
+    "1 1 :2\n",
+    "1 :2\n",
+    "1 2:\n",
+    "1 1:2e0:3 4\n",    # the same through the general (exponent) path
+    "1 1:2 3:1e0:2 4\n",
+])
+def test_svmlight_one_colon_per_pair_names_the_line(tmp_path, line):
+    path = tmp_path / "bad.svm"
+    good = "0 1:1 2:1\n" * 40
+    path.write_text(good + "# comment\n\n" + line + good)
+    for block_bytes in (100, 1 << 20):  # the bad line alone in a block, and inside one block with the rest
+        with pytest.raises(InputError, match=rf"bad.svm:43: expected 'index:value'"):
+            list(SvmlightDataset(path, n_features=10, block_bytes=block_bytes).chunks())
+
+
+def test_svmlight_colon_moved_to_another_line_is_an_error(tmp_path):
+    path = tmp_path / "d.svm"
+    path.write_text("0 1:2:3\n1 4\n")  # once: a value of line 1 ended up in line 2
+    with pytest.raises(InputError, match=r"d.svm:1: expected 'index:value'"):
+        list(SvmlightDataset(path, n_features=10).chunks())
+
+
+def reference_or_none(text: str, n_features: int, limit: float):
+    """reference_svmlight, or None when any line is malformed or out of range."""
+    try:
+        X, y = reference_svmlight(text, n_features + 1, zero_based=False)
+    except (ValueError, IndexError):
+        return None
+    lines = [l.split() for l in text.splitlines() if l.split()]
+    idx = [int(t.split(":")[0]) for l in lines for t in l[1:]]
+    vals = [float(t.split(":")[1]) for l in lines for t in l[1:]]
+    if any(not 1 <= i <= n_features for i in idx) or not np.all(np.isfinite(y)):
+        return None
+    if any(not np.isfinite(v) or abs(v) > limit for v in vals):
+        return None
+    return (X[:, :n_features] if y.size else np.zeros((0, n_features))), y
+
+
+def test_svmlight_fast_and_slow_paths_agree_on_random_lines(tmp_path):
+    rng = np.random.default_rng(5)
+    alphabet = np.array(list("0123:.-+e \t"))
+    path = tmp_path / "f.svm"
+    accepted = rejected = 0
+    for trial in range(400):
+        lines = []
+        for _ in range(rng.integers(1, 4)):
+            pairs = [f"{rng.integers(1, 9)}:{rng.integers(-9, 9)}" for _ in range(rng.integers(0, 4))]
+            line = " ".join([str(rng.integers(0, 3))] + pairs)
+            if rng.random() < 0.7:  # mutate a few characters
+                chars = list(line)
+                for _ in range(rng.integers(1, 3)):
+                    k = rng.integers(0, len(chars) + 1)
+                    if rng.random() < 0.5 and k < len(chars):
+                        del chars[k]
+                    else:
+                        chars.insert(k, str(rng.choice(alphabet)))
+                line = "".join(chars)
+            lines.append(line)
+        text = "\n".join(lines) + "\n"
+        path.write_text(text)
+        want = reference_or_none(text, 9, float(np.finfo(np.float32).max))
+        ds = SvmlightDataset(path, n_features=9)
+        if want is None:
+            with pytest.raises(InputError, match=r"f.svm:\d+: "):
+                list(ds.chunks())
+            rejected += 1
+        else:
+            X, y = stack(ds.chunks()) if want[1].size else (np.zeros((0, 9)), np.zeros(0))
+            np.testing.assert_allclose(X, want[0], rtol=1e-6, err_msg=text)
+            np.testing.assert_array_equal(y, want[1], err_msg=text)
+            accepted += 1
+    assert accepted > 50 and rejected > 50
+
+
+@pytest.mark.parametrize("value", ["1e39", "-3.5e38", "340282350000000000000000000000000000000000"])
+def test_svmlight_value_beyond_float32_names_the_line(tmp_path, value):
+    import warnings
+
+    path = tmp_path / "d.svm"
+    path.write_text(f"0 1:1\n1 1:{value}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way
+        with pytest.raises(InputError, match=r"d.svm:2: feature value out of range for float32"):
+            list(SvmlightDataset(path, n_features=3).chunks())
+    X, _ = stack(SvmlightDataset(path, n_features=3, dtype=np.float64).chunks())  # fits in float64
+    assert abs(X[1, 0]) > 3e38
+
+
+def test_svmlight_utf8_bom_is_skipped(tmp_path):
+    path = tmp_path / "b.svm"
+    path.write_bytes(b"\xef\xbb\xbf1 1:2\n0 2:1\n")
+    for block_bytes in (1, 2, 1 << 20):
+        X, y = stack(SvmlightDataset(path, n_features=3, block_bytes=block_bytes).chunks())
+        np.testing.assert_array_equal(y, [1, 0])
+        np.testing.assert_array_equal(X, [[2, 0, 0], [0, 1, 0]])
+
+
+def test_svmlight_cr_only_line_endings_are_an_error(tmp_path):
+    path = tmp_path / "mac.svm"
+    path.write_bytes(b"1 1:2\r0 2:1\r1 3:1\r")
+    for block_bytes in (4, 1 << 20):
+        with pytest.raises(InputError, match=r"mac.svm:1: .*line endings"):
+            list(SvmlightDataset(path, n_features=3, block_bytes=block_bytes).chunks())
+    path.write_bytes(b"1 1:2\r\n0 2:1\r\n")  # Windows line endings are fine
+    for block_bytes in (1, 6, 1 << 20):
+        _, y = stack(SvmlightDataset(path, n_features=3, block_bytes=block_bytes).chunks())
+        np.testing.assert_array_equal(y, [1, 0])
+
+
+def _csr_group(f, S, name="X"):
+    g = f.create_group(name)
+    g["data"], g["indices"], g["indptr"] = S.data, S.indices, S.indptr
+    g.attrs["shape"] = S.shape
+    return g
+
+
+def _h5_scalar_y(f, S):
+    f["X"] = S.toarray()
+    f["y"] = 5
+
+
+def _h5_group_y(f, S):
+    f["X"] = S.toarray()
+    f.create_group("y")
+
+
+def _h5_short_shape(f, S):
+    _csr_group(f, S).attrs["shape"] = [S.shape[0]]
+    f["y"] = np.zeros(S.shape[0])
+
+
+def _h5_short_indptr(f, S):
+    g = _csr_group(f, S)
+    del g["indptr"]
+    g["indptr"] = S.indptr[:-2]
+    f["y"] = np.zeros(S.shape[0])
+
+
+def _h5_indptr_past_data(f, S):
+    g = _csr_group(f, S)
+    del g["indptr"]
+    g["indptr"] = np.append(S.indptr[:-1], S.indptr[-1] + 1)  # one past the stored values
+    f["y"] = np.zeros(S.shape[0])
+
+
+def _h5_decreasing_indptr(f, S):
+    g = _csr_group(f, S)
+    p = S.indptr.copy()
+    p[3] = p[4] + 1
+    del g["indptr"]
+    g["indptr"] = p
+    f["y"] = np.zeros(S.shape[0])
+
+
+def _h5_string_y(f, S):
+    f["X"] = S.toarray()
+    f["y"] = np.array(["a"] * S.shape[0], dtype="S1")
+
+
+def _h5_string_x(f, S):
+    f["X"] = np.full(S.shape, b"1")
+    f["y"] = np.zeros(S.shape[0])
+
+
+def _h5_scalar_x(f, S):
+    f["X"] = 3.0
+    f["y"] = np.zeros(S.shape[0])
+
+
+@pytest.mark.parametrize("make, message", [
+    (_h5_scalar_y, "'y' must be"),
+    (_h5_group_y, "'y' must be a dataset"),
+    (_h5_short_shape, "shape"),
+    (_h5_short_indptr, "indptr has 9 entries, expected 11"),
+    (_h5_indptr_past_data, "indptr"),
+    (_h5_decreasing_indptr, "indptr must be non-decreasing"),
+    (_h5_string_y, "expected numeric labels"),
+    (_h5_string_x, "expected numeric"),
+    (_h5_scalar_x, "'X' must be 2-D"),
+])
+def test_hdf5_malformed_file_is_an_input_error(tmp_path, make, message):
+    S = sp.random(10, 6, density=0.3, random_state=0, format="csr")
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        make(f, S)
+    with pytest.raises(InputError, match=message) as err:
+        list(open_dataset(path, chunk_rows=2).chunks())
+    assert str(path) in str(err.value)
+
+
+def test_non_numeric_arrays_are_refused_at_open(tmp_path):
+    X, y = dense_data(8, 3)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "s.npy", np.array(list("abcdefgh")))
+    np.save(tmp_path / "n.npy", np.array([str(v) for v in range(8)]))  # numeric strings too
+    np.save(tmp_path / "XS.npy", X.astype(str))
+    np.save(tmp_path / "XR.npy", np.zeros((8, 3), dtype=[("a", "f4")]))
+    for xs, ys in [("X", "s"), ("X", "n"), ("XS", "y"), ("XR", "y")]:
+        with pytest.raises(InputError, match="expected numeric"):
+            open_dataset(tmp_path / f"{xs}.npy", labels=tmp_path / f"{ys}.npy")
+    np.savez(tmp_path / "a.npz", X=X, y=np.array(list("abcdefgh")))
+    np.savez(tmp_path / "b.npz", X=X.astype("U3"), y=y)
+    for name in ("a", "b"):
+        with pytest.raises(InputError, match=rf"{name}.npz.*expected numeric"):
+            open_dataset(tmp_path / f"{name}.npz")
+    S = sp.random(8, 3, density=0.5, random_state=0, format="csr")
+    sp.save_npz(tmp_path / "c.npz", S)
+    with pytest.raises(InputError, match="expected numeric"):
+        open_dataset(tmp_path / "c.npz", labels=tmp_path / "s.npy")
+    np.savez(tmp_path / "d.npz", data=S.data.astype(str), indices=S.indices, indptr=S.indptr,
+             shape=np.array(S.shape), format=np.array("csr"), y=y)
+    with pytest.raises(InputError, match="expected numeric"):
+        open_dataset(tmp_path / "d.npz")
+
+
+def test_csr_npz_short_shape_is_an_input_error(tmp_path):
+    S = sp.random(8, 3, density=0.5, random_state=0, format="csr")
+    np.savez(tmp_path / "d.npz", data=S.data, indices=S.indices, indptr=S.indptr, shape=np.array([8]),
+             format=np.array("csr"), y=np.zeros(8))
+    with pytest.raises(InputError, match="d.npz.*shape"):
+        open_dataset(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"skip": -5}, "skip"),
+    ({"skip": 1.5}, "skip"),
+    ({"skip": True}, "skip"),
+    ({"shuffle_buffer": 2.5}, "shuffle_buffer"),
+])
+def test_batches_argument_checks(kwargs, name):
+    with pytest.raises(ConfigError, match=name):
+        batches(source(), 8, **kwargs)  # at the call, before anything is read
+    with pytest.raises(ConfigError, match="batch_size"):
+        batches(source(), 8.0)
