@@ -185,6 +185,7 @@ def test_memmap_rows_written_in_place_reach_the_npy_files(tmp_path):
     w = reference((400, 5), "int32", 4)
     with MemmapStore(folder, shard_bytes=SHARD_BYTES) as s:
         s.create("w", w.shape, "int32", w)
+        s.commit()  # the manifest lists a new parameter from its first commit on
         s.write_index("w", [399, 0, 200], w[:3] + 1)
         w[[399, 0, 200]] = w[:3] + 1
         # no flush: pwrite has put the rows in the page cache, which np.load sees

@@ -52,6 +52,12 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
       }
     }
 
+``params`` lists every parameter of the last commit, and may list parameters
+created since (a parameter's entry is written with the next commit, or with any
+earlier manifest write; a new parameter the manifest does not list yet is an
+orphan after a crash, dropped like any parameter the last commit does not
+cover).
+
 Keys are valid parameter keys (:func:`oocnet.store.base.validate_key`).  The
 shards of a parameter tile ``[0, n_rows)``: the first ``start`` is 0, every
 ``start`` equals the previous ``stop``, ``start < stop``, and the last ``stop``
@@ -885,13 +891,11 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                 for a, b in chunk_rows(info):  # ~16 MiB of rows in RAM at a time
                     value = init(a, b)
                     self._run_writes(self._range_ops(p, a, b), value, paged=True)
-            for shard in shards:  # data durable before the manifest points at it
-                try:
-                    os.fsync(self._fds[shard.file])
-                except OSError as exc:
-                    raise _io_error(exc, "syncing", self.path / shard.file) from exc
+            # Neither fsynced nor written to the manifest here: a parameter created since the last
+            # commit is dropped by a rollback anyway, and the next commit (or any manifest write)
+            # lists it after syncing its files (_written).  One manifest write per create made
+            # creating n parameters O(n^2) -- minutes for a model with a thousand arrays.
             self._params[info.key] = p
-            self._write_manifest()
         except BaseException:
             # Leave no trace: the store is as it was before create() was called.
             if self._params.pop(info.key, None) is not None:
