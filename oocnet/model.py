@@ -149,6 +149,11 @@ class Sequential:
                         f"expects {want.shape} {want.dtype}."
                     )
         specs = {f"{l.name}/{s.name}": s for l in self.layers for s in l.params()}
+        missing = [k for k in self._param_infos if k not in self.store]
+        if missing and self.store.read_only:
+            raise ReadOnlyError(f"the read-only store has no parameter {missing[0]!r} (the model's layers do not "
+                                f"match the store's: it holds {sorted(self.store.keys())[:6]!r}); a read-only "
+                                f"store cannot create it.")
         created = False
         for key, info in self._param_infos.items():
             if key not in self.store:

@@ -575,3 +575,23 @@ def test_after_a_failed_journal_append_a_commit_records_correct_checksums(backen
     with open_store(path) as s:
         np.testing.assert_array_equal(s.read("a"), a)
         assert s.verify() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_opens_while_a_writer_has_created_parameters_since_the_commit(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    with open_store(path) as w:
+        w.create("a", (4, 3), "float64", np.ones((4, 3)))
+        w.commit(step=1)
+        w.create("new", (5, 2), "float64", np.ones((5, 2)))
+        w.flush()
+        with open_store(path, read_only=True) as r:  # sees the last commit: "new" is not there
+            assert r.keys() == ["a"] and "new" not in r
+            np.testing.assert_array_equal(r.read("a"), np.ones((4, 3)))
+
+
+def test_a_model_that_does_not_match_a_read_only_store_names_the_missing_parameter(tmp_path):
+    oc.Sequential([oc.Dense(3, 2)], store=tmp_path / "p").close()
+    with open_store(tmp_path / "p", read_only=True) as ro:
+        with pytest.raises(ReadOnlyError, match="no parameter 'extra/W'"):
+            oc.Sequential([oc.Dense(3, 2), oc.Dense(2, 2, name="extra")], store=ro)

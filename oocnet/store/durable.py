@@ -266,12 +266,10 @@ class DurableStore:
             if not self.read_only:
                 jr.delete(path, self._dir_fd_durable)
         if stale:
-            if self.read_only:
-                raise StoreError(
-                    f"{self.path} holds parameters created after the last commit ({', '.join(stale[:3])}); "
-                    f"open the store writable once to drop them (read-only opens cannot)."
-                )
-            self._drop_params(stale)
+            if self.read_only:  # a reader sees the last commit: parameters created since are hidden
+                self._pending_delete.update(stale)
+            else:
+                self._drop_params(stale)
         if self.read_only:
             # A reader sees the last commit: rows a writer has changed since are read from the
             # journal's old images (refreshed at every read, see _patch_read).

@@ -102,15 +102,17 @@ Writing protocol
   ``manifest.json.tmp``, fsynced, ``os.replace``-d over ``manifest.json``, then
   the folder is fsynced.  A crash leaves the old or the new manifest, never a
   torn one.
-* Creating a parameter writes and fsyncs its shard files first, then the
-  manifest; deleting one rewrites the manifest first, then unlinks the files.
+* Creating a parameter writes its shard files; the manifest lists it from the
+  next manifest write (at the latest the next commit, which fsyncs the files
+  first).  Deleting a parameter of the last commit takes effect at the next
+  commit: that manifest no longer lists it, and its files are unlinked after.
   A crash in between leaves only unreferenced files, which are ignored.
 * Row writes go in place with ``pwrite``, each journaled first; a commit
   fsyncs the shards written, updates ``commit.checksums`` from the changed rows
   and replaces the manifest -- the commit point (see :mod:`oocnet.store.durable`
   for the whole protocol and why its order is safe).  A parameter in
   ``params`` but not in ``commit.checksums`` was created after the last commit
-  and is dropped when the store is opened.
+  and is dropped when the store is opened for writing (hidden from readers).
 * A shard's checksum is the sum mod 2**64 of per-row hashes
   (:mod:`oocnet.store.checksum`) over its data rows.
 * One writer at a time: a writable store holds an exclusive ``flock`` on
