@@ -243,9 +243,13 @@ class Store(abc.ABC):
         keys = self._keys()
         return [k for k in keys if k not in self._pending_delete] if self._pending_delete else keys
 
+    def _has(self, key: str) -> bool:
+        """Whether the backend holds ``key`` (backends answer from a dict: every read and write asks)."""
+        return key in self._keys()
+
     def _checked_info(self, key: str) -> ParamInfo:
         self._check_open()
-        if not isinstance(key, str) or key not in self._live_keys():
+        if not isinstance(key, str) or not self._has(key) or key in self._pending_delete:
             raise ParameterNotFound(
                 f"no parameter {key!r} in the store; it holds {sorted(self._live_keys())!r}."
             )
@@ -369,7 +373,7 @@ class Store(abc.ABC):
 
     def __contains__(self, key: object) -> bool:
         self._check_open()
-        return isinstance(key, str) and key in self._live_keys()
+        return isinstance(key, str) and self._has(key) and key not in self._pending_delete
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())

@@ -592,6 +592,9 @@ class HDF5Store(DurableStore, Store):
     def _keys(self) -> list[str]:
         return list(self._paths)
 
+    def _has(self, key: str) -> bool:
+        return key in self._paths
+
     def _info(self, key: str) -> ParamInfo:
         return self._infos[key]
 

@@ -844,6 +844,9 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def _keys(self) -> list[str]:
         return list(self._params)
 
+    def _has(self, key: str) -> bool:
+        return key in self._params
+
     def _info(self, key: str) -> ParamInfo:
         return self._params[key].info
 

@@ -33,6 +33,9 @@ class MemoryStore(Store):
     def _keys(self) -> list[str]:
         return list(self._arrays)
 
+    def _has(self, key: str) -> bool:
+        return key in self._arrays
+
     def _info(self, key: str) -> ParamInfo:
         arr = self._arrays[key]
         return ParamInfo(key, arr.shape, arr.dtype)
