@@ -66,9 +66,16 @@ class Loss:
             return _check_labels(y, n_out, n_rows, self.name)
         return _check_float_targets(y, n_out, n_rows, self.name, dtype)
 
+    def _scalar(self, v) -> float:
+        arr = np.asarray(v)
+        if arr.size != 1 or arr.dtype.kind not in "biuf":
+            raise ConfigError(f"loss {self.name!r} value must be one real number, got {type(v).__name__}"
+                              f"{f' of shape {arr.shape}' if arr.ndim else ''}.")
+        return float(arr.reshape(()))
+
     def value(self, z: np.ndarray, y: np.ndarray) -> float:
         """The batch loss."""
-        v = float(self._value(z, y))
+        v = self._scalar(self._value(z, y))
         return v / z.shape[0] if self.reduction == "mean" and z.shape[0] else v
 
     def delta(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -83,7 +90,7 @@ class Loss:
     def value_and_delta(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Both at once; losses that share work between them (a softmax) override :meth:`_value_and_delta`."""
         v, d = self._value_and_delta(z, y)
-        v = float(v)
+        v = self._scalar(v)
         d = np.asarray(d, dtype=z.dtype)
         if d.shape != z.shape:
             raise ConfigError(f"loss {self.name!r} delta must have shape {z.shape}, got {d.shape}.")
@@ -129,6 +136,8 @@ def _check_float_targets(y, n_out: int, n_rows: int, name: str, dtype) -> np.nda
     if arr.shape != (n_rows, n_out):
         raise InputError(f"{name} targets must have shape ({n_rows}, {n_out}), got {arr.shape}.")
     if not np.all(np.isfinite(arr)):
+        if np.all(np.isfinite(np.asarray(y, dtype=np.float64))):
+            raise InputError(f"{name} targets have values beyond the range of {np.dtype(dtype).name}.")
         raise InputError(f"{name} targets contain NaN or inf.")
     return arr
 

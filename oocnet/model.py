@@ -22,7 +22,7 @@ from .errors import BudgetError, ConfigError, InputError, NumericalError, Oocnet
 from .init import row_initializer
 from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
-from .optim.base import Optimizer
+from .optim.base import Optimizer, check_state_values
 from .paging import Pager, format_bytes, parse_bytes
 from .phases import phase as _phase  # profiler marks (no-ops unless profiling)
 from .sparse import SparseBatch
@@ -361,6 +361,7 @@ class Sequential:
     def _check_opt(opt) -> Optimizer:
         if not isinstance(opt, Optimizer):
             raise ConfigError(f"optimizer must be an oocnet optimizer such as oc.SGD(lr=0.01), got {opt!r}.")
+        opt._validate()  # hyperparameters changed on the object since it was made are checked before the step
         return opt
 
     # -- passes ----------------------------------------------------------------------------
@@ -587,7 +588,11 @@ class Sequential:
         checked = {}
         for key, value in state.items():
             base = key.split(":", 1)[0] if isinstance(key, str) else None
-            if base not in self._param_infos or (key != base and key not in self.store):
+            if base in self._param_infos and key != base and key not in self.store:
+                raise ConfigError(f"state[{key!r}] is optimizer state this store does not hold yet: it is created "
+                                  f"by the first train_step with that optimizer; load it after one (or load the "
+                                  f"parameters alone).")
+            if base not in self._param_infos:
                 raise ConfigError(f"state key {key!r} names no parameter of this model; its keys are "
                                   f"{self.parameter_keys()!r}.")
             info = self._param_infos[key] if key == base else self.store.info(key)
@@ -598,6 +603,8 @@ class Sequential:
                 raise ShapeError(f"state[{key!r}] must be real numbers, got {arr.dtype}.")
             if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
                 raise InputError(f"state[{key!r}] contains NaN or inf.")
+            if key != base:
+                check_state_values(key.split(":", 1)[1], arr, f"state[{key!r}]")
             checked[key] = arr.astype(info.dtype, copy=False)
         if strict:
             missing = [k for k in self._param_infos if k not in checked]

@@ -88,6 +88,8 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
                 f"or a list of id lists; got an array of dtype {arr.dtype} and shape {arr.shape}."
             )
     if data.size and not np.all(np.isfinite(data)):
+        if sp.issparse(X) and np.all(np.isfinite(np.asarray(X.data, dtype=np.float64))):
+            raise InputError(f"the batch's values lie beyond the range of {np.dtype(dtype).name}.")
         raise InputError("the batch's values contain NaN or inf.")
     return data, indices, indptr, n
 

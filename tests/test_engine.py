@@ -255,3 +255,70 @@ def test_missing_targets_are_an_input_error_not_garbage_labels(loss):
         with pytest.raises(InputError, match="needs targets"):
             call()
     assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("backend", ["ram", "memmap"])
+def test_an_update_that_makes_parameters_non_finite_is_an_error_and_never_committed(backend, tmp_path):
+    X, Y = np.random.default_rng(0).normal(size=(4, 3)), np.ones((4, 2))
+    store = None if backend == "ram" else tmp_path / "p"
+    model = oc.Sequential([oc.Dense(3, 2)], store=store, dtype="float32")
+    model.train_step(X, Y, "half_squared_error", oc.SGD(0.01))
+    if store is not None:
+        model.commit()
+    good = model.state_dict()
+    with np.errstate(all="ignore"), pytest.raises(NumericalError, match="NaN or inf"):
+        model.train_step(X * 1e10, Y, "half_squared_error", oc.SGD(1e20))
+    if store is not None:
+        with pytest.raises(OocnetError, match="rolls back"):
+            model.commit()
+        model.close()
+        again = oc.Sequential([oc.Dense(3, 2)], store=store, dtype="float32")
+        assert all(np.array_equal(again.state_dict()[k], v) for k, v in good.items())
+        again.close()
+    nan_delta = oc.CustomLoss(lambda z, y: 1.0, lambda z, y: z * np.nan)  # a finite loss, a NaN gradient
+    with pytest.raises(NumericalError):
+        oc.Sequential([oc.Dense(3, 2)]).train_step(X, Y, nan_delta, oc.SGD(0.1))
+
+
+def test_optimizer_hyperparameters_changed_after_construction_are_checked():
+    X, Y = np.ones((2, 3)), np.ones((2, 2))
+    model = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
+    before = model.state_dict()
+    for opt, attr, bad in ((oc.SGD(0.1), "lr", -5), (oc.SGD(0.1, momentum=0.5), "momentum", 1.5),
+                           (oc.Adam(0.1), "beta2", 1.0), (oc.Adagrad(0.1), "eps", float("nan"))):
+        setattr(opt, attr, bad)
+        with pytest.raises(ConfigError, match=attr):
+            model.train_step(X, Y, "half_squared_error", opt)
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    model.commit()  # nothing was half-applied
+
+
+def test_loaded_optimizer_state_must_be_state_the_rule_could_have_written():
+    X, Y = np.random.default_rng(0).normal(size=(4, 3)), np.ones((4, 2))
+    for opt, key, bad, match in ((oc.Adagrad(0.1), "dense_0/W:adagrad", -np.ones((3, 2)), "negative"),
+                                 (oc.Adam(0.1), "dense_0/W:adam_v", -np.ones((3, 2)), "negative"),
+                                 (oc.Adam(0.1), "dense_0/W:adam_t", np.array([2.7, 1.0, 0.0]), "whole numbers"),
+                                 (oc.Adam(0.1), "dense_0/W:adam_t", np.array([-1, 1, 0]), "whole numbers")):
+        model = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
+        model.train_step(X, Y, "half_squared_error", opt)
+        state = model.state_dict(include_state=True)
+        before = {k: v.copy() for k, v in state.items()}
+        state[key] = bad
+        with pytest.raises(InputError, match=match):
+            model.load_state_dict(state)
+        assert all(np.array_equal(model.state_dict(include_state=True)[k], v) for k, v in before.items())
+    fresh = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
+    with pytest.raises(ConfigError, match="created by the first train_step"):
+        fresh.load_state_dict(before)
+
+
+def test_custom_loss_value_must_be_one_number_and_float32_overflow_is_named():
+    X, Y = np.ones((2, 3)), np.ones((2, 2))
+    for value in (lambda z, y: (z - y) ** 2, lambda z, y: None):
+        with pytest.raises(ConfigError, match="one real number"):
+            oc.Sequential([oc.Dense(3, 2)]).train_step(X, Y, oc.CustomLoss(value, lambda z, y: z - y), oc.SGD(0.1))
+    model = oc.Sequential([oc.Dense(3, 2)], dtype="float32")
+    with pytest.raises(InputError, match="beyond the range of float32"):
+        model.train_step(np.full((2, 3), 1e39), Y, "half_squared_error", oc.SGD(0.1))
+    with pytest.raises(InputError, match="beyond the range of float32"):
+        model.train_step(X, np.full((2, 2), 1e39), "half_squared_error", oc.SGD(0.1))

@@ -100,6 +100,9 @@ class Layer:
         if not np.all(np.isfinite(arr)):
             from ..errors import InputError
 
+            if np.all(np.isfinite(np.asarray(x, dtype=np.float64))):
+                raise InputError(f"the batch given to {self.describe()} has values beyond the range of "
+                                 f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g}).")
             raise InputError(f"the batch given to {self.describe()} contains NaN or inf.")
         return arr
 

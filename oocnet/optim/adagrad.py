@@ -31,9 +31,13 @@ class Adagrad(Optimizer):
     name = "adagrad"
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, initial_accumulator: float = 0.0) -> None:
-        self.lr = self._positive("lr", lr)
-        self.eps = self._positive("eps", eps, allow_zero=True)
-        self.initial_accumulator = self._positive("initial_accumulator", initial_accumulator, allow_zero=True)
+        self.lr, self.eps, self.initial_accumulator = lr, eps, initial_accumulator
+        self._validate()
+
+    def _validate(self) -> None:
+        self.lr = self._positive("lr", self.lr)
+        self.eps = self._positive("eps", self.eps, allow_zero=True)
+        self.initial_accumulator = self._positive("initial_accumulator", self.initial_accumulator, allow_zero=True)
         if self.eps == 0 and self.initial_accumulator == 0:
             raise ConfigError("eps and initial_accumulator cannot both be 0 (division by zero on the first step).")
 

@@ -38,10 +38,14 @@ class Adam(Optimizer):
     name = "adam"
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
-        self.lr = self._positive("lr", lr)
-        self.beta1 = self._fraction("beta1", beta1)
-        self.beta2 = self._fraction("beta2", beta2)
-        self.eps = self._positive("eps", eps)
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self._validate()
+
+    def _validate(self) -> None:
+        self.lr = self._positive("lr", self.lr)
+        self.beta1 = self._fraction("beta1", self.beta1)
+        self.beta2 = self._fraction("beta2", self.beta2)
+        self.eps = self._positive("eps", self.eps)
 
     def state_specs(self, shape, dtype):
         shape = tuple(shape)

@@ -29,8 +29,12 @@ class SGD(Optimizer):
     name = "sgd"
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0) -> None:
-        self.lr = self._positive("lr", lr)
-        self.momentum = self._fraction("momentum", momentum)
+        self.lr, self.momentum = lr, momentum
+        self._validate()
+
+    def _validate(self) -> None:
+        self.lr = self._positive("lr", self.lr)
+        self.momentum = self._fraction("momentum", self.momentum)
 
     def state_specs(self, shape, dtype):
         return [("momentum", tuple(shape), np.dtype(dtype))] if self.momentum else []
