@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "--budget B exits with status 1 when peak anonymous RSS (less tracemalloc's own bookkeeping) passes\n"
             "B + the baseline (RSS after imports, before the model) + --allowance (default 100MiB). Mapped file\n"
-            "pages count in RSS but not against the budget."))
+            "pages count in RSS but not against the budget. tracemalloc costs more than it reports: add\n"
+            "--no-tracemalloc for an exact verdict."))
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", help="write the report (with the timeline) as JSON ('-': stdout)")
     p.add_argument("--plot", metavar="PATH.png", help="draw the timeline with phase bands (needs matplotlib)")

@@ -10,8 +10,9 @@ Phases: ``setup`` (before the first mark), ``data`` (reading a batch),
 ``load`` (the pager reading parameters), ``forward``, ``backward``, ``update``
 (the optimizer's rule), ``write-back`` (the pager writing parameters),
 ``commit``, ``evaluate``, ``other`` (the rest of a training loop: the loss,
-checks, bookkeeping).  Nested marks win: a load inside a forward pass counts
-as load, of that layer.
+checks, bookkeeping), ``after`` (outside every mark once the first has been
+made: between top-level marks and from the last mark to the end).  Nested
+marks win: a load inside a forward pass counts as load, of that layer.
 
 Only marks made on the thread that started listening count (the pager's
 prefetch thread reads in the background; its time is not a phase).
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import threading
 
-PHASES = ("setup", "data", "load", "forward", "backward", "update", "write-back", "commit", "evaluate", "other")
+PHASES = ("setup", "data", "load", "forward", "backward", "update", "write-back", "commit", "evaluate", "other",
+          "after")
 
 #: Pass as ``layer`` to keep the current layer (a load inside a layer's forward pass).
 KEEP = "\x00keep"
