@@ -2,7 +2,7 @@
 
 Each script runs as its own subprocess with the arguments its README table was made
 with, and ``--write-readme`` where it supports it (paging, sparse, durability,
-svd), so each table is replaced between its ``<!-- name:start -->`` and
+outputs, svd), so each table is replaced between its ``<!-- name:start -->`` and
 ``<!-- name:end -->`` markers with the machine (cores, RAM, disk) and the command
 that made it.  ``hdf5_index.py`` only prints its table; this script puts it
 between the ``hdf5_index`` markers itself, as it does the ``oocnet demo`` table.
@@ -38,6 +38,7 @@ BENCHMARKS = {
     "sparse": ("sparse.py", "--steps 300 --warmup 300", "--vocab 10000,100000 --steps 40 --warmup 10", True),
     "hdf5_index": ("hdf5_index.py", "--writes", "--sizes 1000,10000 --no-cold --writes", False),
     "durability": ("durability.py", "--steps 400 --warmup 200", "--steps 40 --warmup 20", True),
+    "outputs": ("outputs.py", "", "--configs 100000:sampled,100000:negative", True),
     "svd": ("svd.py", "", "--rows 100000 --cols 64 --rank 8 --budgets 16MiB --vocab 20000 --train-steps 40 "
                           "--finetune-steps 20 --ft-ranks 8", True),
     "demo": (None, "", "--vocab 100000 --train 50000 --test 5000", False),
