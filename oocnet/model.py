@@ -12,7 +12,10 @@ delta_below = dL/dz_below * f'(s_below).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,17 @@ from .store.base import ParamInfo, validate_dtype
 _MODEL_DTYPES = ("float32", "float64")
 #: Below this many rows a row cache is not worth its bookkeeping.
 _MIN_CACHE_ROWS = 64
+
+
+def _remove_new_store(path, backend: str) -> None:
+    """Delete the files of a store this process has just created (and closed)."""
+    p = Path(path)
+    if backend == "hdf5":
+        for f in (p, *(p.with_name(p.name + s) for s in (".lock", ".commit.json", ".journal"))):
+            with contextlib.suppress(OSError):
+                f.unlink()
+    else:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 class Sequential:
@@ -81,6 +95,7 @@ class Sequential:
                 self._param_infos[key] = ParamInfo(key, tuple(spec.shape), self.dtype)
         self._min_budget(())  # raises before any file is created
         self._owns_store = not isinstance(store, Store)
+        new_path = isinstance(store, (str, os.PathLike)) and not os.path.exists(store)
         self.store = self._open_store(store)
         try:
             created = self._attach_params()
@@ -92,6 +107,8 @@ class Sequential:
         except BaseException:
             if self._owns_store:
                 self.store.close()
+                if new_path:  # made by this call and left empty: a failed construction leaves no trace
+                    _remove_new_store(store, self.store.backend)
             raise
         self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
         self._row_cache_sig: tuple | None = None

@@ -723,3 +723,29 @@ def test_commit_arguments_are_checked_before_anything_is_committed(backend, tmp_
                 s.commit(step=step, metadata=metadata)
         assert s.last_commit == first
         assert s.commit(step=2, metadata={"k": [1, 2.5, "x"]})["metadata"] == {"k": [1, 2.5, "x"]}
+
+
+def test_impossible_sizes_are_refused_before_any_file_is_made(tmp_path, monkeypatch):
+    import resource
+    from collections import namedtuple
+
+    import oocnet as oc
+    from oocnet.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="no store can hold"):
+        oc.Sequential([oc.Dense(10**20, 2)])
+    # More than the disk holds (statvfs says 1 MiB free): refused, and the new store is not left behind.
+    fake = namedtuple("statvfs", "f_bavail f_frsize")(256, 4096)
+    monkeypatch.setattr(os, "statvfs", lambda p: fake)
+    for name in ("p", "q.h5"):
+        with pytest.raises(StoreIOError, match="GiB free"):
+            oc.Sequential([oc.Embedding(10**6, 8), oc.Dense(8, 2)], store=tmp_path / name)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    # More shard files than the process may open, even after raising its soft limit to the hard one.
+    monkeypatch.setattr(resource, "getrlimit", lambda r: (64, 64))
+    monkeypatch.setattr(resource, "setrlimit", lambda r, v: None)
+    with MemmapStore(tmp_path / "m", shard_bytes=2**12) as s:
+        with pytest.raises(StoreIOError, match="shard_bytes"):
+            s.create("w", (10**4, 16), "float32")
+        assert s.keys() == [] and sorted(f.name for f in (tmp_path / "m").glob("*.npy")) == []

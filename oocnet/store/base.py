@@ -154,6 +154,8 @@ def validate_shape(shape: object) -> tuple[int, ...]:
         raise ShapeError(f"shape must be a tuple of positive integers, got {shape!r}.") from exc
     if not dims or any(d <= 0 for d in dims):
         raise ShapeError(f"shape must have at least one axis and positive sizes, got {shape!r}.")
+    if math.prod(dims) >= 2**56:  # 64 PiB of bytes: no store holds it (numpy's limit is near, too)
+        raise ShapeError(f"shape {dims} has {math.prod(dims):.3g} elements; no store can hold that many.")
     return dims
 
 

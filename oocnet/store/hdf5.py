@@ -342,7 +342,7 @@ class HDF5Store(DurableStore, Store):
             yield
         except OocnetError:
             raise
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # h5py reports some write failures as ValueError
             raise StoreIOError(f"{action} {self.path} failed: {exc}") from exc
 
     def _open_file(self) -> None:
@@ -690,6 +690,14 @@ class HDF5Store(DurableStore, Store):
                 f"{'a group' if isinstance(f.get(path), h5py.Group) else 'an object'} "
                 "(in HDF5 no key may be a '/'-prefix of another)."
             )
+        try:  # early allocation writes every chunk at creation: the disk must hold it all now
+            st = os.statvfs(self.path.parent)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        if free is not None and info.nbytes > free:
+            raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but "
+                               f"{self.path.parent} has {free / 2**30:.3g} GiB free.")
         rows_per_chunk = min(info.n_rows, max(1, self.chunk_bytes // info.row_nbytes))
         if rows_per_chunk * info.row_nbytes > _MAX_CHUNK_BYTES:
             raise ConfigError(

@@ -868,6 +868,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
 
     def _create(self, info: ParamInfo, init: RowInitializer | None) -> None:
         per_shard = max(1, self.shard_bytes // info.row_nbytes)
+        self._check_room(info, -(-info.n_rows // per_shard), init is not None)
         stem = self._file_stem(info.key)
         shards: list[_Shard] = []
         try:
@@ -917,6 +918,34 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                     pass
             raise
         self._written.update(shards)  # checksums are recorded at the next flush
+
+    def _check_room(self, info: ParamInfo, n_shards: int, filled: bool) -> None:
+        """Refuse, before any file is made, a parameter the disk or the open-file limit cannot take."""
+        if filled:  # written values take their bytes now (zeros stay holes until written)
+            try:
+                st = os.statvfs(self.path)
+                free = st.f_bavail * st.f_frsize
+            except OSError:
+                free = None
+            if free is not None and info.nbytes > free:
+                raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but "
+                                   f"{self.path} has {free / 2**30:.3g} GiB free.")
+        # Every shard keeps a file open; raise the soft limit towards the hard one when needed.
+        need = len(self._fds) + n_shards + 64
+        try:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY and need > soft:
+                want = need if hard == resource.RLIM_INFINITY else min(hard, max(need, 2 * soft))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+        except (ImportError, ValueError, OSError):
+            return  # no rlimits here: the OS reports EMFILE itself if it comes to that
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise StoreIOError(f"parameter {info.key!r} needs {n_shards} shard files, more than the {soft} files "
+                               f"this process may open; open the store with a larger shard_bytes (now "
+                               f"{self.shard_bytes}).")
 
     def _delete(self, key):
         p = self._params.pop(key)

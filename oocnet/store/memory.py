@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import StoreIOError
 from .base import ParamInfo, RowInitializer, Store, chunk_rows
 
 
@@ -24,7 +25,11 @@ class MemoryStore(Store):
         self._arrays: dict[str, np.ndarray] = {}
 
     def _create(self, info: ParamInfo, init: RowInitializer | None) -> None:
-        arr = np.zeros(info.shape, dtype=info.dtype)
+        try:
+            arr = np.zeros(info.shape, dtype=info.dtype)
+        except MemoryError:
+            raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB, more than this "
+                               f"machine can give a store in RAM; use a disk store (store=PATH).") from None
         if init is not None:
             for a, b in chunk_rows(info):
                 arr[a:b] = init(a, b)
