@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -169,8 +170,11 @@ def main() -> None:
     print(f"data: {data_note}; {len(centres):,} (centre, context) pairs")
     sampler = oc.UnigramSampler(counts, power=0.75, seed=1)
     base = memory_now()["rss"]
-    model = oc.Sequential([oc.Embedding(V, args.dim), oc.Output(args.dim, V, bias=False)], store=args.store,
-                          budget=args.budget, seed=0, dtype="float32")
+    try:
+        model = oc.Sequential([oc.Embedding(V, args.dim), oc.Output(args.dim, V, bias=False)], store=args.store,
+                              budget=args.budget, seed=0, dtype="float32")
+    except oc.OocnetError as exc:  # e.g. --store holds a model of another vocabulary or width
+        sys.exit(f"skipgram.py: {exc}\n(train into another --store, or delete {args.store} to start over)")
     loss, opt = oc.NegativeSampling(args.negatives, sampler, reduction="mean"), oc.Adagrad(args.lr)
     t0, seen, peak = time.perf_counter(), 0, 0
     for epoch in range(args.epochs):
