@@ -595,3 +595,53 @@ def test_a_model_that_does_not_match_a_read_only_store_names_the_missing_paramet
     with open_store(tmp_path / "p", read_only=True) as ro:
         with pytest.raises(ReadOnlyError, match="no parameter 'extra/W'"):
             oc.Sequential([oc.Dense(3, 2), oc.Dense(2, 2, name="extra")], store=ro)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interrupt_just_after_the_commit_point_leaves_memory_at_the_new_commit(backend, tmp_path, monkeypatch):
+    path = store_path(tmp_path, backend)
+    a = np.arange(40.0).reshape(10, 4)
+    s = open_store(path)
+    s.create("a", a.shape, "float64", a)
+    s.commit(step=1)
+    s.write_rows("a", 0, a[:2] + 1)
+
+    def interrupt(point):
+        if point == "commit:persisted":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(durable, "FAULT_HOOK", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.commit(step=2)
+    monkeypatch.setattr(durable, "FAULT_HOOK", None)
+    assert s.last_commit["step"] == 2  # the record is on disk: memory follows it
+    s.write_rows("a", 5, a[5:7] + 10)  # journaled against generation 2
+    s.flush()
+    s._failed = True  # close as after a crash: nothing committed on top
+    s.close()
+    with open_store(path) as again:  # rolls back to step 2, intact
+        assert again.last_commit["step"] == 2 and again.verify() == []
+        want = a.copy()
+        want[:2] += 1
+        np.testing.assert_array_equal(again.read("a"), want)
+
+
+def test_an_interrupt_while_the_journal_is_created_leaves_nothing_behind(tmp_path, monkeypatch):
+    from oocnet.store import journal
+
+    s = open_store(tmp_path / "p")
+    s.create("a", (4, 2), "float64")
+    s.commit(step=1)
+    real = os.fsync
+
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal.os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.write_rows("a", 0, np.ones((1, 2)))
+    monkeypatch.setattr(journal.os, "fsync", real)
+    assert not (tmp_path / "p" / "journal").exists()
+    s.write_rows("a", 0, np.ones((1, 2)))  # writing goes on: no 'File exists' from a half-made journal
+    s.commit(step=2)
+    s.close()

@@ -299,6 +299,25 @@ class DurableStore:
             size = os.path.getsize(path)
         except FileNotFoundError:
             size = 0
+        try:
+            self._take_in_journal(path, size)
+        except StoreIOError as exc:  # the journal went away under us: did the writer commit?
+            if path.exists() or self._read_generation() == self._commit["generation"]:
+                raise
+            raise StoreError(
+                f"{self.path} was committed by its writer since this read-only store was opened at "
+                f"generation {self._commit['generation']}; reopen it to read the new commit."
+            ) from exc
+        st = self._stat_record()
+        if st != self._record_stat:
+            if self._read_generation() != self._commit["generation"]:
+                raise StoreError(
+                    f"{self.path} was committed by its writer since this read-only store was opened at "
+                    f"generation {self._commit['generation']}; reopen it to read the new commit."
+                )
+            self._record_stat = st
+
+    def _take_in_journal(self, path: Path, size: int) -> None:
         if size and self._snap_pos is None and jr.read_base_generation(path) == self._commit["generation"]:
             self._snap_pos = jr._HEAD.size
         if self._snap_pos is not None and size > self._snap_pos:
@@ -323,14 +342,6 @@ class DurableStore:
                     f"a writer has changed more than {self.SNAPSHOT_BYTES >> 20} MiB of {self.path} since this "
                     f"read-only store was opened; reopen it after the writer's next commit."
                 )
-        st = self._stat_record()
-        if st != self._record_stat:
-            if self._read_generation() != self._commit["generation"]:
-                raise StoreError(
-                    f"{self.path} was committed by its writer since this read-only store was opened at "
-                    f"generation {self._commit['generation']}; reopen it to read the new commit."
-                )
-            self._record_stat = st
 
     def _patch_read(self, key, start, stop, ids, out) -> None:
         if not self.read_only or self._closed:
@@ -447,6 +458,8 @@ class DurableStore:
         if new.size == 0:
             return
         if self._journal is None:
+            if self._journal_path().exists():  # none open: one on disk is stale (its commit happened)
+                jr.delete(self._journal_path(), self._dir_fd_durable)
             self._journal = jr.Journal(self._journal_path(), self._commit["generation"], self._dir_fd_durable)
             at("journal:created")
         info = self._info(key)
@@ -539,21 +552,40 @@ class DurableStore:
             "checksums": checksums,
             "stamps": stamps,
         }
-        self._persist_commit(record)  # the commit point
+        try:
+            self._persist_commit(record)  # the commit point
+        except BaseException:
+            # Interrupted (or failed) after the record reached the disk -- e.g. in the folder's
+            # fsync after the rename: the commit happened, and memory must follow it, or the next
+            # writes would not be journaled against it.
+            if self._on_disk_generation() != record["generation"]:
+                raise
+            self._committed(record, checksums, stamps)
+            raise
+        self._committed(record, checksums, stamps)
         at("commit:persisted")
+        jr.delete(self._journal_path(), self._dir_fd_durable)  # stale now: a crash before this ignores it
+        self._finish_deletes()  # the record no longer names them: a crash now leaves only orphan files
+        at("commit:done")
+        return self.last_commit
+
+    def _on_disk_generation(self) -> int | None:
+        try:
+            return self._read_generation()
+        except Exception:  # noqa: BLE001 - unreadable: treat the commit as not made
+            return None
+
+    def _committed(self, record: dict, checksums: dict, stamps: dict) -> None:
+        """Bring the in-memory state to the commit ``record`` that is on disk (no IO but closing an fd)."""
         self._commit = {k: record[k] for k in ("generation", "step", "metadata", "time")}
         self._checksums, self._stamps = checksums, stamps
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        jr.delete(self._journal_path(), self._dir_fd_durable)
+        journal, self._journal = self._journal, None
         self._journaled.clear()
         self._hash_delta.clear()
         self._uncommitted.clear()
         self._recompute.clear()
-        self._finish_deletes()  # the record no longer names them: a crash now leaves only orphan files
-        at("commit:done")
-        return self.last_commit
+        if journal is not None:
+            journal.close()
 
     def _durable_close(self) -> None:
         if self._journal is not None:

@@ -93,9 +93,15 @@ class Journal:
             self._write_all(head)
             os.fsync(self.fd)
             os.fsync(self.dir_fd)  # the journal's name is durable before any data write relies on it
-        except OSError as exc:
+        except BaseException as exc:  # an interrupt too: no write relies on it yet, so it goes
             self.close()
-            raise _io(exc, "writing", self.path) from exc
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise _io(exc, "writing", self.path) from exc
+            raise
         self.bytes_written = len(head)
 
     def _write_all(self, data) -> None:
