@@ -13,8 +13,10 @@ delta_below = dL/dz_below * f'(s_below).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,26 @@ def _remove_new_store(path, backend: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _exclusive(method):
+    """One call at a time per model (a second thread gets an error, not torn parameters), and none in a
+    process forked from the one that made the model."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if self._pid != os.getpid():
+            raise OocnetError(f"this model was made in process {self._pid}, before a fork; build it again in this "
+                              f"process (its store must be opened again too).")
+        if not self._call_lock.acquire(blocking=False):
+            raise OocnetError(f"the model is busy in another thread ({method.__name__} was called during another "
+                              f"call); use one model per thread, or serialise the calls with a lock.")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._call_lock.release()
+
+    return guarded
+
+
 class Sequential:
     """A feed-forward stack of layers trained out of core.
 
@@ -76,6 +98,8 @@ class Sequential:
 
     def __init__(self, layers: list[Layer], *, store=None, budget=None, seed: int = 0,
                  dtype="float32", prefetch: bool = True, commit_every: int | None = None) -> None:
+        self._pid = os.getpid()
+        self._call_lock = threading.RLock()  # re-entrant: train_step may commit (commit_every)
         self.layers = self._check_layers(layers)
         self.dtype = validate_dtype(dtype)
         if self.dtype.name not in _MODEL_DTYPES:
@@ -150,6 +174,10 @@ class Sequential:
         if isinstance(store, Store):
             if store.closed:
                 raise ConfigError("the store given to Sequential is closed.")
+            if any(not p._closed for p in store._pagers):
+                raise ConfigError("the store given to Sequential already serves another model; each would page "
+                                  "its own copies of the rows and overwrite the other's. Close that model first, "
+                                  "or use one model.")
             return store
         if isinstance(store, (str, os.PathLike)):
             return open_store(store)
@@ -426,6 +454,7 @@ class Sequential:
             return value, dz
         return value, dz * out.activation.grad(s_list[-1], z_list[-1])
 
+    @_exclusive
     def train_step(self, X, y, loss, opt, trace: dict | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch loss (before the update).
 
@@ -465,6 +494,10 @@ class Sequential:
                 self._broken = True  # until the backward pass completes, the step is half-applied
                 self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
             self._broken = broken_before
+        except BaseException:
+            if self._broken:
+                self.store.mark_failed()  # whoever closes the store next must not commit the half step
+            raise
         finally:
             self._release_held(x)
         self.step += 1
@@ -490,7 +523,7 @@ class Sequential:
             self._broken = True  # the output layer updates as it goes
         try:
             value, dx = out.fused(access, inp, y, loss, train=train)
-        except NumericalError as exc:
+        except OocnetError as exc:
             if updating and getattr(exc, "unchanged", False):  # refused before its first update
                 self._broken = broken_before
             raise
@@ -533,6 +566,7 @@ class Sequential:
                 del x.held[name]
                 self.pager.release(f"{self.layers[0].name}/{name}", x.rows)
 
+    @_exclusive
     def gradients(self, X, y, loss) -> dict[str, np.ndarray]:
         """The batch gradient of every parameter, without updating (whole arrays: small models, tests)."""
         loss = self._check_loss(loss)
@@ -552,6 +586,7 @@ class Sequential:
             self._release_held(x)
         return record
 
+    @_exclusive
     def predict(self, X) -> np.ndarray:
         """The network's output z_out for a batch (forward only)."""
         x, _ = self._check_batch(X)
@@ -560,6 +595,7 @@ class Sequential:
         self._inference_caches()
         return self._forward(x, tiles)[1][-1]
 
+    @_exclusive
     def evaluate(self, X, y, loss) -> float:
         """The loss on a batch, without updating anything."""
         loss = self._check_loss(loss)
@@ -581,6 +617,7 @@ class Sequential:
         """Number of parameter elements."""
         return sum(int(np.prod(i.shape)) for i in self._param_infos.values())
 
+    @_exclusive
     def state_dict(self, include_state: bool = False) -> dict[str, np.ndarray]:
         """Copies of all parameters as ``{"<layer>/<param>": ndarray}`` (whole arrays in RAM).
 
@@ -593,6 +630,7 @@ class Sequential:
             keys += [k for k in self.store.keys() if ":" in k and k.split(":", 1)[0] in self._param_infos]
         return {k: self.store.read(k) for k in keys}
 
+    @_exclusive
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Write parameters (and optimizer state) from ``state``; everything is checked before anything is written.
 
@@ -638,6 +676,7 @@ class Sequential:
         """The pager's counters (bytes read/written, hits, misses, IO wait seconds, ...)."""
         return self.pager.stats.as_dict()
 
+    @_exclusive
     def commit(self, metadata: dict | None = None) -> dict:
         """Make parameters and optimizer state durable at this step.
 
@@ -671,6 +710,7 @@ class Sequential:
         """The store's last commit (``generation``, ``step``, ``metadata``, ``time``)."""
         return self.store.last_commit
 
+    @_exclusive
     def close(self) -> None:
         """Commit, stop the pager, and close the store if the model opened it."""
         try:
@@ -678,7 +718,11 @@ class Sequential:
                 if self._broken:
                     self.store.mark_failed()  # the next open rolls back to the last commit
                 failed = self.store.failed
-                self.pager.close(flush=not failed)
+                try:
+                    self.pager.close(flush=not failed)
+                except BaseException:  # interrupted mid write-back: the files hold a mix of steps
+                    self.store.mark_failed()
+                    raise
                 if not self.store.read_only and self.store.has_uncommitted() and not failed:
                     with _phase("commit", None):
                         self.store.commit(step=self.step)

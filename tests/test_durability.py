@@ -645,3 +645,116 @@ def test_an_interrupt_while_the_journal_is_created_leaves_nothing_behind(tmp_pat
     s.write_rows("a", 0, np.ones((1, 2)))  # writing goes on: no 'File exists' from a half-made journal
     s.commit(step=2)
     s.close()
+
+
+# -- lifecycle: threads, forks, closing under a model -------------------------------------------
+
+def _small(store, budget="4KiB"):
+    return oc.Sequential([oc.Dense(30, 20, activation="tanh"), oc.Dense(20, 2)], store=store, budget=budget,
+                         dtype="float64", seed=3)
+
+
+_XS, _YS = np.linspace(-1, 1, 120).reshape(4, 30), np.array([0, 1, 1, 0])
+
+
+def test_a_model_serves_one_call_at_a_time(tmp_path):
+    import threading
+
+    model = _small(tmp_path / "p")
+    errors = []
+    model._call_lock.acquire()  # this thread is inside a call
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(oc.OocnetError, model.predict, _XS)))
+    t.start()
+    t.join()
+    model._call_lock.release()
+    assert "busy in another thread" in str(errors[0].value)
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))  # and it still works
+    model.close()
+
+
+def test_a_second_model_on_the_same_store_object_is_refused(tmp_path):
+    with open_store(tmp_path / "p") as s:
+        a = _small(s)
+        with pytest.raises(oc.OocnetError, match="already serves another model"):
+            _small(s)
+        a.close()
+        _small(s).close()  # once the first is closed, fine
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_closing_a_store_under_a_model_with_uncommitted_steps_commits_nothing(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    s = open_store(path)
+    model = _small(s)
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    model.commit()
+    committed = model.state_dict()
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    with pytest.raises(StoreError, match="closed under a model"):
+        s.close()
+    assert not [t for t in __import__("threading").enumerate() if t.name.startswith("oocnet-prefetch")]
+    again = _small(path)
+    assert again.step == 1
+    assert_bitwise(again.state_dict(), committed)
+    again.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interrupt_in_the_write_back_of_close_commits_nothing(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    model = _small(path, budget="2KiB")
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    model.commit()
+    committed = model.state_dict()
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    real, calls = model.pager._write_back, [0]
+
+    def interrupted(e):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        real(e)
+
+    model.pager._write_back = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        model.close()
+    assert calls[0] >= 2
+    again = _small(path)
+    assert again.step == 1
+    assert_bitwise(again.state_dict(), committed)
+    again.close()
+
+
+_FORKED = """
+import os, sys
+import numpy as np
+import oocnet as oc
+model = oc.Sequential([oc.Dense(3, 2)], store=sys.argv[1], dtype="float64")
+model.commit()
+pid = os.fork()
+if pid == 0:
+    code = 0
+    try:
+        model.train_step(np.ones((2, 3)), [0, 1], "softmax_cross_entropy", oc.SGD(0.1))
+        code = 3  # not refused
+    except oc.OocnetError as exc:
+        code = 0 if "before a fork" in str(exc) else 4
+    try:
+        model.store.write_rows("dense_0/W", 0, np.zeros((1, 2)))
+        code = code or 5
+    except oc.OocnetError:
+        pass
+    model.store.close()  # the parent's store: nothing committed, nothing released
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+model.train_step(np.ones((2, 3)), [0, 1], "softmax_cross_entropy", oc.SGD(0.1))  # the parent goes on
+model.close()
+print("ok")
+"""
+
+
+def test_a_forked_child_cannot_use_its_parents_model_or_store(tmp_path):
+    out = subprocess.run([sys.executable, "-c", _FORKED, str(tmp_path / "p")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

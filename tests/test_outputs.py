@@ -231,3 +231,16 @@ def test_unigram_sampler_arguments_are_checked(kwargs):
 def test_unigram_sampler_handles_counts_near_the_float_limit():
     s = UnigramSampler([1e308, 1e308, 3e307], power=1.0)
     np.testing.assert_allclose(s.probability(np.arange(3)), np.array([10, 10, 3]) / 23, rtol=1e-12)
+
+
+def test_a_sampled_step_refused_for_budget_changes_nothing_and_keeps_the_model_committable(tmp_path):
+    model = oc.Sequential([oc.Embedding(64, 1), oc.Output(1, 64)], store=tmp_path / "p", budget=232, dtype="float64")
+    sampler = UnigramSampler(np.ones(64), seed=1)
+    model.train_step([[1]], [3], oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
+    before = model.state_dict()
+    with pytest.raises(oc.BudgetError):
+        model.train_step([[1]], [3], oc.SampledSoftmax(20, sampler), oc.SGD(0.1))
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    model.commit()  # the refused step left nothing half-applied
+    assert model.last_commit["step"] == 1
+    model.close()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, NumericalError
+from ..errors import BudgetError, ConfigError, NumericalError
 from ..init import check_init
 from ..losses import Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
 from ..sampling import negative_sampling, sampled_softmax, segment_sum
@@ -262,8 +262,16 @@ class Output(Layer):
         else:
             drawn = sampler.sample(n * loss.k).reshape(n, loss.k)
             cand = np.unique(np.concatenate([y, drawn.reshape(-1)]))
-        W = access.gather("W", cand)
-        bv = access.gather("b", cand) if self.bias else None
+        try:
+            W = access.gather("W", cand)
+            try:
+                bv = access.gather("b", cand) if self.bias else None
+            except BaseException:
+                access.release("W", cand)
+                raise
+        except BudgetError as exc:
+            exc.unchanged = True  # refused before any row moved
+            raise
         try:
             yi = np.searchsorted(cand, y)
             b_of = (lambda idx: bv[idx]) if bv is not None else (lambda idx: np.zeros(np.shape(idx), x.dtype))

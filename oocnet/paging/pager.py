@@ -161,6 +161,7 @@ class Pager:
         self.store = store
         self.budget = parse_bytes(budget)
         self.stats = PagerStats()
+        store._pagers.add(self)  # closing the store writes this pager's dirty blocks back first
         self._lock = threading.RLock()
         self._cache: collections.OrderedDict[BlockId, _Entry] = collections.OrderedDict()
         self._free: dict[tuple, list[np.ndarray]] = {}
@@ -633,12 +634,20 @@ class Pager:
                 self.invalidate()
         finally:
             self._closed = True
+            self.store._pagers.discard(self)
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
 
     def _check_open(self) -> None:
         if self._closed:
             raise OocnetError("the pager is closed.")
+
+    @property
+    def dirty(self) -> bool:
+        """Whether it holds changes not yet written to the store (blocks or row-cache rows)."""
+        with self._lock:
+            return (any(e.dirty for e in self._cache.values())
+                    or any(bool(c.dirty[: c.used].any()) for c in self._row_caches.values()))
 
     def __repr__(self) -> str:
         return (f"<Pager budget={format_bytes(self.budget)} resident={format_bytes(self._resident)} "

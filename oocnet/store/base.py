@@ -37,6 +37,7 @@ import json
 import math
 import operator
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator
@@ -50,6 +51,7 @@ from ..errors import (
     ReadOnlyError,
     ShapeError,
     StoreClosedError,
+    StoreError,
 )
 
 #: ``init(start, stop) -> ndarray`` of shape ``(stop - start, *shape[1:])``: the
@@ -180,6 +182,8 @@ class Store(abc.ABC):
         self.read_only = bool(read_only)
         self._closed = False
         self._failed = False  # a data write failed since the last commit: never commit on top of it
+        self._pid = os.getpid()  # a forked child must not write (or commit) its parent's store
+        self._pagers: weakref.WeakSet = weakref.WeakSet()  # pagers paging this store (their dirty blocks)
 
     # -- what a backend implements --------------------------------------------------
     @abc.abstractmethod
@@ -234,6 +238,9 @@ class Store(abc.ABC):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{type(self).__name__} is closed; reopen it with oocnet.open_store().")
+        if self._pid != os.getpid():
+            raise StoreError(f"this {type(self).__name__} was opened by process {self._pid}, before a fork; "
+                             f"open the store again in this process (read_only=True while the parent writes).")
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -524,7 +531,16 @@ class Store(abc.ABC):
         """
         if self._closed:
             return
+        if self._pid != os.getpid():  # a forked child: the parent's store is not ours to commit or release
+            self._closed = True
+            return
+        live = [p for p in self._pagers if not p._closed]
+        under_a_model = bool(live) and not self.read_only and (self.has_uncommitted() or any(p.dirty for p in live))
         try:
+            if under_a_model:  # the model's work since its last commit is not a state to commit
+                self._failed = True
+            for pager in live:
+                pager.close(flush=False)
             if not self.read_only:
                 self._flush()
                 if self.has_uncommitted() and not self._failed:
@@ -532,6 +548,11 @@ class Store(abc.ABC):
         finally:
             self._closed = True
             self._close()
+        if under_a_model:
+            raise StoreError(
+                f"{type(self).__name__} was closed under a model that had changed it since its last commit; "
+                f"those changes were not committed (close the model, or commit it, before its store)."
+            )
 
     @property
     def closed(self) -> bool:
