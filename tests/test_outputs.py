@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import oocnet as oc
-from oocnet.errors import ConfigError
+from oocnet.errors import BudgetError, ConfigError
 from oocnet.losses import softmax
 from oocnet.sampling import UnigramSampler, negative_sampling, sampled_softmax
 from oocnet.testing import gradcheck, gradcheck_model, relative_error
@@ -238,7 +238,7 @@ def test_a_sampled_step_refused_for_budget_changes_nothing_and_keeps_the_model_c
     sampler = UnigramSampler(np.ones(64), seed=1)
     model.train_step([[1]], [3], oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
     before = model.state_dict()
-    with pytest.raises(oc.BudgetError):
+    with pytest.raises(BudgetError):
         model.train_step([[1]], [3], oc.SampledSoftmax(20, sampler), oc.SGD(0.1))
     assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
     model.commit()  # the refused step left nothing half-applied
