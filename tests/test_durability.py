@@ -758,3 +758,21 @@ def test_a_forked_child_cannot_use_its_parents_model_or_store(tmp_path):
     out = subprocess.run([sys.executable, "-c", _FORKED, str(tmp_path / "p")], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_dropped_without_close_releases_its_store_and_commits_nothing(backend, tmp_path):
+    import gc
+
+    path = store_path(tmp_path, backend)
+    model = _small(path)
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    model.commit()
+    committed = model.state_dict()
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    del model
+    gc.collect()
+    again = _small(path)  # the same process may open the path again: the lock is released
+    assert again.step == 1
+    assert_bitwise(again.state_dict(), committed)
+    again.close()

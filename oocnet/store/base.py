@@ -524,6 +524,18 @@ class Store(abc.ABC):
         if not self.read_only:
             self._flush()
 
+    def __del__(self) -> None:
+        # Dropped without close(): release files and the writer lock (so the path can be opened
+        # again in this process), but commit nothing -- as after a crash, the next open rolls back
+        # to the last commit.
+        try:
+            if not self._closed and self._pid == os.getpid():
+                self._failed = True
+                self._closed = True
+                self._close()
+        except Exception:  # noqa: BLE001 - at interpreter exit modules may be half torn down
+            pass
+
     def close(self) -> None:
         """Commit what was written since the last commit, and release the store. Idempotent.
 
