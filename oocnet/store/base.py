@@ -161,6 +161,20 @@ def validate_shape(shape: object) -> tuple[int, ...]:
     return dims
 
 
+def check_disk_room(info: "ParamInfo", folder) -> None:
+    """Refuse, before anything is written, a parameter whose bytes ``folder``'s filesystem cannot hold."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # unknown: the write itself will say
+    free = st.f_bavail * st.f_frsize
+    if info.nbytes > free:
+        from ..errors import StoreIOError
+
+        raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but {folder} has "
+                           f"{free / 2**30:.3g} GiB free.")
+
+
 class Store(abc.ABC):
     """Abstract base of parameter stores (in RAM, memmap shards, HDF5).
 

@@ -120,6 +120,7 @@ from .base import (
     ParamInfo,
     RowInitializer,
     Store,
+    check_disk_room,
     check_path,
     check_positive_int,
     chunk_rows,
@@ -690,14 +691,7 @@ class HDF5Store(DurableStore, Store):
                 f"{'a group' if isinstance(f.get(path), h5py.Group) else 'an object'} "
                 "(in HDF5 no key may be a '/'-prefix of another)."
             )
-        try:  # early allocation writes every chunk at creation: the disk must hold it all now
-            st = os.statvfs(self.path.parent)
-            free = st.f_bavail * st.f_frsize
-        except OSError:
-            free = None
-        if free is not None and info.nbytes > free:
-            raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but "
-                               f"{self.path.parent} has {free / 2**30:.3g} GiB free.")
+        check_disk_room(info, self.path.parent)  # early allocation writes every chunk at creation
         rows_per_chunk = min(info.n_rows, max(1, self.chunk_bytes // info.row_nbytes))
         if rows_per_chunk * info.row_nbytes > _MAX_CHUNK_BYTES:
             raise ConfigError(

@@ -161,6 +161,7 @@ from .base import (
     ParamInfo,
     RowInitializer,
     Store,
+    check_disk_room,
     check_path,
     check_positive_int,
     chunk_rows,
@@ -922,14 +923,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def _check_room(self, info: ParamInfo, n_shards: int, filled: bool) -> None:
         """Refuse, before any file is made, a parameter the disk or the open-file limit cannot take."""
         if filled:  # written values take their bytes now (zeros stay holes until written)
-            try:
-                st = os.statvfs(self.path)
-                free = st.f_bavail * st.f_frsize
-            except OSError:
-                free = None
-            if free is not None and info.nbytes > free:
-                raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but "
-                                   f"{self.path} has {free / 2**30:.3g} GiB free.")
+            check_disk_room(info, self.path)
         # Every shard keeps a file open; raise the soft limit towards the hard one when needed.
         need = len(self._fds) + n_shards + 64
         try:
