@@ -497,6 +497,7 @@ class Sequential:
         except BaseException:
             if self._broken:
                 self.store.mark_failed()  # whoever closes the store next must not commit the half step
+            self.pager.reset_pins()  # the step is over: nothing it checked out is in use any more
             raise
         finally:
             self._release_held(x)

@@ -776,3 +776,24 @@ def test_a_model_dropped_without_close_releases_its_store_and_commits_nothing(ba
     assert again.step == 1
     assert_bitwise(again.state_dict(), committed)
     again.close()
+
+
+def test_after_an_interrupted_step_no_block_stays_checked_out(tmp_path):
+    model = _small(tmp_path / "p", budget="2KiB")
+    opt = oc.Adam(0.01)
+    model.train_step(_XS, _YS, "softmax_cross_entropy", opt)
+    real, calls = model.pager.checkin, [0]
+
+    def interrupted(*a, **k):  # an interrupt right after a checkout, before its block is handed back
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    model.pager.checkin = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        model.train_step(_XS, _YS, "softmax_cross_entropy", opt)
+    model.pager.checkin = real
+    assert not [e for e in model.pager._cache.values() if e.pins]
+    model.predict(_XS)  # the model still pages (a broken step forbids commits, not reads)
+    model.close()

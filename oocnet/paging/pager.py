@@ -423,6 +423,15 @@ class Pager:
             e.pins -= 1
             e.dirty = e.dirty or bool(dirty)
 
+    def reset_pins(self) -> int:
+        """Unpin every block (after a step that raised: an interrupt between a checkout and its
+        ``try`` can leave a pin no code will release).  Returns the number of blocks unpinned."""
+        with self._lock:
+            stuck = [e for e in self._cache.values() if e.pins]
+            for e in stuck:
+                e.pins = 0
+            return len(stuck)
+
     def discard(self, key: str, start: int, stop: int) -> None:
         """Unpin a checked-out block and forget changes made to it (after an error)."""
         if self.store.zero_copy:
