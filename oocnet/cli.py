@@ -141,9 +141,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or os.path.isdir(args.json):
             raise ConfigError(f"--json {args.json}: cannot write a file there (no such folder, or it is a folder).")
-    allowance = parse_bytes(args.allowance)
+    try:
+        allowance = 0 if str(args.allowance).strip() in ("0", "0B", "0MiB") else parse_bytes(args.allowance)
+    except ConfigError:
+        allowance = None
     if allowance is None:
-        raise ConfigError(f"--allowance must be a byte count such as 100MiB, got {args.allowance!r}.")
+        raise ConfigError(f"--allowance must be a byte count such as 100MiB (or 0), got {args.allowance!r}.")
     command = getattr(args, "command_argv", None)
     if command is not None and args.config:
         raise ConfigError(f"give either CONFIG or -- COMMAND, not both (got {args.config!r} and {command!r}).")

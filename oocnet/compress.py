@@ -201,7 +201,9 @@ class FactorizeReport:
             f"method       {how}",
             f"passes       {self.passes} over W",
             f"rank         {r}",
-            f"parameters   {self.params_before:,} -> {self.params_after:,} ({self.ratio:.2f}x smaller)",
+            f"parameters   {self.params_before:,} -> {self.params_after:,} "
+            + (f"({self.ratio:.2f}x smaller)" if self.ratio >= 1 else
+               f"({1 / self.ratio:.2f}x LARGER: at this rank the factors hold more than W; ask for a lower rank)"),
             f"rel. error   {self.rel_error:.6f}  (||W - UV||_F / ||W||_F, {err})",
             f"energy kept  {self.energy_kept:.6f}  ({'estimated' if self.energy_estimated else 'exact'})",
             f"memory       {format_bytes(self.working_bytes)} of blocks and buffers at most",
@@ -387,7 +389,8 @@ def _randomized_layout(p: _Plan, k: int) -> _Layout:
             f"the randomized factorization of {p.name!r} ({m} x {n} {p.info.dtype}, sketch width {k}) needs a "
             f"budget of at least {need} bytes ({format_bytes(need)}: row blocks of at least {k} rows of W, the "
             f"basis and their buffers, plus {n} x {k} and {k} x {n} matrices), got {p.budget} bytes; raise the "
-            f"budget or lower the rank or the oversampling."
+            + ("budget or lower the rank or the oversampling." if p.rank is not None else
+               "budget, ask for less energy, or give a rank (the energy asked needed a sketch this wide).")
         )
     return _Layout(bounds, working)
 

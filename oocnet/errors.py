@@ -41,6 +41,14 @@ class StoreFormatError(StoreError):
     """A file on disk is not in the format (or version) this oocnet reads."""
 
 
+class ChecksumError(StoreFormatError):
+    """A block's data does not match the checksum recorded at the last commit."""
+
+
+class StoreLockedError(StoreError):
+    """The store is open for writing by another process (or another store object)."""
+
+
 class StoreIOError(StoreError, OSError):
     """Reading or writing a store's files failed (disk full, permissions, ...).
 
@@ -79,6 +87,8 @@ __all__ = [
     "NumericalError",
     "StoreError",
     "StoreFormatError",
+    "ChecksumError",
+    "StoreLockedError",
     "StoreIOError",
     "ReadOnlyError",
     "ParameterNotFound",

@@ -291,6 +291,10 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
         max_steps = spec.training.max_steps
         trace: dict = {}
         classify = loss.targets == "labels"
+        # An Output layer that computes the loss itself never materialises the logits (that is the
+        # point of streaming V classes), so the step's trace has none to take an argmax of.
+        out = model.layers[-1]
+        track_accuracy = classify and not (getattr(out, "fuses_loss", False) and out.supports(loss))
         t0 = time.perf_counter()
         next_note = 0.0
         stopped = False
@@ -308,18 +312,19 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                             X, y = _prepare(model, loss, *item, spec.data.label_offset)
                     if item is None:
                         break
-                    value = model.train_step(X, y, loss, opt, trace=trace if classify else None)
+                    value = model.train_step(X, y, loss, opt, trace=trace if track_accuracy else None)
                     n = X.shape[0]
                     per_example = value if loss.reduction == "mean" else value / n
                     epoch_loss += per_example * n
                     epoch_n += n
-                    if classify:
+                    if track_accuracy:
                         z = trace["z"][-1]
                         correct += int(np.count_nonzero(np.argmax(z, axis=1) == y))
+                        trace.clear()
+                    if classify:
                         vals, counts = np.unique(y, return_counts=True)
                         for v, c in zip(vals.tolist(), counts.tolist()):
                             labels_seen[v] += c
-                        trace.clear()
                     examples += n
                     steps += 1
                     batch_no += 1
@@ -354,7 +359,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
             examples=examples, steps=steps, epochs=epochs, seconds=seconds,
             examples_per_s=examples / seconds if seconds > 0 and examples else 0.0,
             loss=epoch_loss / epoch_n if epoch_n else None, last_batch_loss=last_loss,
-            train_accuracy=correct / epoch_n if classify and epoch_n else None,
+            train_accuracy=correct / epoch_n if track_accuracy and epoch_n else None,
             step=model.step, resumed_from=resumed_from, stopped_early=stopped,
             peak_rss=sampler.peak["rss"], peak_anon=sampler.peak["anon"], peak_file=sampler.peak["file"],
             baseline_rss=base["rss"], baseline_anon=base["anon"],

@@ -323,3 +323,21 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path, capsys):
     out = subprocess.run(f"{sys.executable} -m oocnet inspect {tmp_path / 'params'} | head -c 10",
                          shell=True, capture_output=True, text=True)
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr
+
+
+def test_train_accuracy_is_not_made_up_for_a_streamed_output_layer(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    text = cfg.read_text().replace('type = "dense", n_in = 16, n_out = 4', 'type = "output", dim = 16, n_classes = 4')
+    assert text != cfg.read_text()
+    cfg.write_text(text)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["train_accuracy"] is None  # its logits are never materialised
+    assert s["test"]["accuracy"] > s["test"]["majority_baseline"]
+
+
+def test_profile_takes_a_zero_allowance(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, err = run_cli(capsys, "profile", cfg, "--no-progress", "--no-tracemalloc", "--allowance", "0",
+                           "--budget", "1GiB")
+    assert rc == 0 and "error" not in err

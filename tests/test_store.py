@@ -749,3 +749,11 @@ def test_impossible_sizes_are_refused_before_any_file_is_made(tmp_path, monkeypa
         with pytest.raises(StoreIOError, match="shard_bytes"):
             s.create("w", (10**4, 16), "float32")
         assert s.keys() == [] and sorted(f.name for f in (tmp_path / "m").glob("*.npy")) == []
+
+
+def test_store_errors_are_importable_from_oocnet_errors():
+    from oocnet import errors
+    from oocnet.store import durable
+
+    assert durable.ChecksumError is errors.ChecksumError and issubclass(errors.ChecksumError, StoreFormatError)
+    assert durable.StoreLockedError is errors.StoreLockedError and issubclass(errors.StoreLockedError, StoreError)

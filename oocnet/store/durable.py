@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ReadOnlyError, StoreError, StoreFormatError, StoreIOError
+from ..errors import ChecksumError, ReadOnlyError, StoreError, StoreFormatError, StoreIOError, StoreLockedError
 from . import checksum as ck
 from . import journal as jr
 
@@ -88,14 +88,6 @@ def at(point: str) -> None:
     """Pass a named point of the protocol (see FAULT_HOOK)."""
     if FAULT_HOOK is not None:
         FAULT_HOOK(point)
-
-
-class StoreLockedError(StoreError):
-    """The store is open for writing by another process (or another store object)."""
-
-
-class ChecksumError(StoreFormatError):
-    """A block's data does not match the checksum recorded at the last commit."""
 
 
 def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
