@@ -99,6 +99,7 @@ class Sequential:
     def __init__(self, layers: list[Layer], *, store=None, budget=None, seed: int = 0,
                  dtype="float32", prefetch: bool = True, commit_every: int | None = None) -> None:
         self._pid = os.getpid()
+        self._batch_room = 32 * 2**20  # a sparse batch's gathered rows (grows; see _budget_split)
         self._call_lock = threading.RLock()  # re-entrant: train_step may commit (commit_every)
         self.layers = self._check_layers(layers)
         self.dtype = validate_dtype(dtype)
@@ -227,8 +228,9 @@ class Sequential:
         """(bytes for dense tiles and a batch's gathered rows, bytes for sparse row caches).
 
         Dense layers get what lets all their tiles stay resident with room to
-        prefetch (twice their parameters, gradients and state) plus 32 MiB for a
-        batch's gathered rows, but never more than half; the row caches get the rest.
+        prefetch (twice their parameters, gradients and state) plus room for a
+        batch's gathered rows (32 MiB, grown when a batch needs more), but never
+        more than half; the row caches get the rest.
         """
         if self.budget is None:
             return None, None
@@ -240,7 +242,7 @@ class Sequential:
             self._group_row_nbytes(info, states[key]) * info.n_rows
             for key, info in self._param_infos.items() if key not in sparse
         )
-        room = min(self.budget // 2, 2 * dense + 32 * 2**20)
+        room = min(self.budget // 2, 2 * dense + self._batch_room)
         return room, self.budget - room
 
     @staticmethod
@@ -478,8 +480,8 @@ class Sequential:
         loss = self._check_loss(loss)
         opt = self._check_opt(opt)
         x, y = self._check_batch(X, y, loss)
+        self._check_sparse_batch_fits(x, opt)  # first: it may move budget from the row caches to the batch
         tiles = self._tiles(opt)
-        self._check_sparse_batch_fits(x, opt)
         suffixes = self._ensure_state(opt)
         self._configure_row_caches(opt)
         # Sticky: once a step has failed half-way, later steps do not make the parameters whole
@@ -551,6 +553,10 @@ class Sequential:
         need = len(x.rows) * sum(self._group_row_nbytes(self._param_infos[k], all_states[k]) for k in keys)
         key = keys[0] if len(keys) == 1 else str(keys)
         room, _ = self._budget_split(opt)
+        if room < need <= self.budget // 2:
+            # The batch may have up to half the budget: take it from the row caches (rebuilt smaller
+            # at this step) rather than refuse a batch the budget can hold.
+            room = self._grow_batch_room(need, opt)
         if need > room:
             held = "with their gradient and optimizer state need" if opt is not None else "need"
             when = "during the step" if opt is not None else "while they are used"
@@ -559,6 +565,16 @@ class Sequential:
                 f"more than the {format_bytes(room)} of the budget left for them; use smaller batches or a "
                 f"budget >= {2 * need} bytes."
             )
+
+    def _grow_batch_room(self, need: int, opt: Optimizer | None) -> int:
+        step = 8 * 2**20
+        self._batch_room = max(self._batch_room, -(-need // step) * step)
+        self._tile_cache.clear()
+        self._row_cache_sig = None  # the next _configure_row_caches sizes them from the new split
+        room, _ = self._budget_split(opt)
+        if opt is None and room >= need:  # inference: no step reconfigures the caches, so do it now
+            self._configure_row_caches(None)
+        return room
 
     def _release_held(self, x) -> None:
         """Give back rows a sparse first layer kept for a backward pass that did not run."""
@@ -572,8 +588,8 @@ class Sequential:
         """The batch gradient of every parameter, without updating (whole arrays: small models, tests)."""
         loss = self._check_loss(loss)
         x, y = self._check_batch(X, y, loss)
-        tiles = self._tiles(None)
         self._check_sparse_batch_fits(x, None)
+        tiles = self._tiles(None)
         self._inference_caches()
         record = {k: np.zeros(i.shape, dtype=self.dtype) for k, i in self._param_infos.items()}
         try:
@@ -591,8 +607,8 @@ class Sequential:
     def predict(self, X) -> np.ndarray:
         """The network's output z_out for a batch (forward only)."""
         x, _ = self._check_batch(X)
-        tiles = self._tiles(None)
         self._check_sparse_batch_fits(x, None)
+        tiles = self._tiles(None)
         self._inference_caches()
         return self._forward(x, tiles)[1][-1]
 
@@ -601,8 +617,8 @@ class Sequential:
         """The loss on a batch, without updating anything."""
         loss = self._check_loss(loss)
         x, y = self._check_batch(X, y, loss)
-        tiles = self._tiles(None)
         self._check_sparse_batch_fits(x, None)
+        tiles = self._tiles(None)
         self._inference_caches()
         if self._fuses(loss):
             return self._fused_step(x, y, loss, tiles, train=False)  # exact, streamed, even for sampled losses

@@ -320,3 +320,22 @@ def test_complex_and_wrapping_ids_are_input_errors():
         model.train_step(np.ones((2, 3)) + 1j, [0, 1], "softmax_cross_entropy", oc.SGD(0.1))
     with pytest.raises(InputError, match="real numbers"):
         model.train_step(np.ones((2, 3)), np.ones((2, 2)) * 1j, "half_squared_error", oc.SGD(0.1))
+
+
+def test_a_batch_larger_than_the_default_room_is_taken_from_the_row_caches_when_the_budget_holds_it(tmp_path):
+    """A batch's gathered rows may use up to half the budget, not just 32 MiB; the refusal names a budget that works."""
+    import re
+
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 10**6, (100_000, 1)), rng.integers(0, 8, 100_000)
+    layers = lambda: [oc.Embedding(10**6, 64, activation="tanh"), oc.Dense(64, 8)]  # noqa: E731
+    model = oc.Sequential(layers(), store=tmp_path / "small", budget="64MiB")
+    with pytest.raises(oc.OocnetError, match="budget >=") as info:
+        model.train_step(X, y, "softmax_cross_entropy", oc.RowwiseAdagrad(0.1))
+    model.close()
+    enough = int(re.search(r"budget >= (\d+) bytes", str(info.value)).group(1))
+    model = oc.Sequential(layers(), store=tmp_path / "enough", budget=enough)
+    model.train_step(X, y, "softmax_cross_entropy", oc.RowwiseAdagrad(0.1))  # the suggested budget works
+    model.train_step(X[:5120].reshape(256, 20), y[:256], "softmax_cross_entropy", oc.RowwiseAdagrad(0.1))
+    assert model.io_stats["peak_resident_bytes"] <= enough
+    model.close()
