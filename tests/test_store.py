@@ -757,3 +757,26 @@ def test_store_errors_are_importable_from_oocnet_errors():
 
     assert durable.ChecksumError is errors.ChecksumError and issubclass(errors.ChecksumError, StoreFormatError)
     assert durable.StoreLockedError is errors.StoreLockedError and issubclass(errors.StoreLockedError, StoreError)
+
+
+def test_hdf5_reopen_at_a_commit_does_not_reread_the_file(tmp_path, monkeypatch):
+    """HDF5's own bookkeeping at close changes the file's stamp; a clean close stamps the record afresh."""
+    from oocnet.store import durable
+
+    path = tmp_path / "p.h5"
+    with open_store(path) as s:
+        s.create("w", (1000, 8), "float64", np.ones((1000, 8)))
+        s.commit()
+    verified = []
+    real = durable.DurableStore._block_sum
+    monkeypatch.setattr(durable.DurableStore, "_block_sum", lambda self, k, i: verified.append(k) or real(self, k, i))
+    for read_only in (True, False, True, False):
+        open_store(path, read_only=read_only).close()
+    assert verified == []  # no checksum recomputed: nothing was read back
+    with open(path, "r+b") as f:  # damage is still found
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(StoreFormatError):
+        open_store(path, read_only=True)

@@ -329,7 +329,10 @@ class HDF5Store(DurableStore, Store):
         try:
             self._open_file()
             self._closed = False
-            self._durable_open(self._load_commit(), verify, allow_corrupt)
+            try:
+                self._durable_open(self._load_commit(), verify, allow_corrupt)
+            finally:
+                self._stamp_at_open = None
         except BaseException:
             self._closed = True
             self._close()
@@ -384,6 +387,9 @@ class HDF5Store(DurableStore, Store):
             # No chunk cache (see "Memory" in the module docstring).  HDF5's own file lock is
             # off: it would lock readers out too; the store's lock file admits one writer
             # and any number of readers (see oocnet.store.durable).
+            # The stamp as the file was before HDF5 opened it for writing (which may touch it):
+            # what the commit record is compared with on this open.
+            self._stamp_at_open = self._file_stamp(p) if p.exists() else None
             self._file = self._open_h5(p, mode)
         except OSError as exc:
             if "unable to lock file" in str(exc):
@@ -807,6 +813,24 @@ class HDF5Store(DurableStore, Store):
     def _block_files(self, key: str) -> list[Path]:
         return [self.path]
 
+    def _file_stamp(self, path: Path) -> list[int]:
+        if path == self.path and getattr(self, "_stamp_at_open", None) is not None:
+            return list(self._stamp_at_open)
+        return super()._file_stamp(path)
+
+    def _restamp(self) -> None:
+        """Record the file's current size and mtime in the commit record (the data is the committed data)."""
+        doc = self._load_commit()
+        if not doc or doc.get("generation") != self._commit["generation"]:
+            return
+        stamp = self._file_stamp(self.path)
+        stamps = doc.setdefault("stamps", {})
+        if stamps.get(self.path.name) == stamp:
+            return
+        stamps[self.path.name] = stamp
+        write_atomic(self._sidecar(".commit.json"), json.dumps(doc, indent=1).encode("ascii"), self._dir_fd_durable)
+        self._stamps = dict(stamps)
+
     def _load_commit(self) -> dict | None:
         path = self._sidecar(".commit.json")
         if not path.exists():
@@ -851,10 +875,14 @@ class HDF5Store(DurableStore, Store):
 
 
     def _close(self) -> None:
-        self._durable_close()
-        if self._dir_fd_durable >= 0:
-            os.close(self._dir_fd_durable)
-            self._dir_fd_durable = -1
+        # At a commit (nothing since, nothing failed) the file's bytes are the committed ones, but
+        # HDF5's own bookkeeping on close changes its size/mtime stamp -- which would make every
+        # later open verify (read) the whole file. So such a close stamps the record afresh.
+        try:
+            at_commit = (not self.read_only and not self._failed and self._file is not None
+                         and not self.has_uncommitted())
+        except AttributeError:  # closed while still opening
+            at_commit = False
         if self._rawio is not None:
             self._rawio.close()  # its IO threads first: they use the file's fd
             self._rawio = None
@@ -864,6 +892,13 @@ class HDF5Store(DurableStore, Store):
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+        if at_commit:
+            with contextlib.suppress(Exception):  # at worst the next open verifies the checksums
+                self._restamp()
+        self._durable_close()  # the lock goes last
+        if self._dir_fd_durable >= 0:
+            os.close(self._dir_fd_durable)
+            self._dir_fd_durable = -1
         if self._registered:
             with _WRITERS_LOCK:
                 _WRITERS.discard(self._real)
