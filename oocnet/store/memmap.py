@@ -834,7 +834,8 @@ class MemmapStore(RowFileIO, DurableStore, Store):
             stem = stem[: _MAX_STEM - 20] + "~" + hashlib.sha1(key.encode()).hexdigest()[:16]
         # quote() is injective, but case-insensitive filesystems (macOS, Windows) fold
         # "W" and "w"; avoid any stem another parameter's files already use.
-        taken = {s.file.rsplit(".", 2)[0].casefold() for p in self._params.values() for s in p.shards}
+        # Every shard of a parameter shares its stem: one file name per parameter is enough.
+        taken = {p.shards[0].file.rsplit(".", 2)[0].casefold() for p in self._params.values() if p.shards}
         candidate, n = stem, 0
         while candidate.casefold() in taken:
             n += 1
