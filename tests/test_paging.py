@@ -291,3 +291,17 @@ def test_row_cache_scatter_after_gather_of_the_same_rows_looks_up_once():
     assert calls == [3, 3]
     cache.flush()
     np.testing.assert_array_equal(store.read_rows("W", 0, 10)[[3, 5, 8, 9]], [[2, 2], [2, 2], [1, 1], [2, 2]])
+
+
+def test_the_per_key_index_of_cached_blocks_follows_the_cache(tmp_path):
+    import oocnet as oc
+
+    model = oc.Sequential([oc.Dense(30, 20, activation="tanh"), oc.Dense(20, 2)], store=tmp_path / "p",
+                          budget="3KiB", dtype="float64")
+    X, y = np.linspace(-1, 1, 120).reshape(4, 30), np.array([0, 1, 1, 0])
+    for step in range(6):
+        model.train_step(X, y, "softmax_cross_entropy", oc.Adam(0.01))
+        pager = model.pager
+        indexed = {(k, s, t) for k, spans in pager._spans.items() for s, t in spans}
+        assert indexed == set(pager._cache)
+    model.close()

@@ -164,6 +164,7 @@ class Pager:
         store._pagers.add(self)  # closing the store writes this pager's dirty blocks back first
         self._lock = threading.RLock()
         self._cache: collections.OrderedDict[BlockId, _Entry] = collections.OrderedDict()
+        self._spans: dict[str, set[tuple[int, int]]] = {}  # key -> (start, stop) of its cached blocks
         self._free: dict[tuple, list[np.ndarray]] = {}
         self._row_caches: dict[str, RowCache] = {}
         self._free_bytes = 0
@@ -219,6 +220,7 @@ class Pager:
         if e.dirty and e.array is not None:
             self._write_back(e)
         del self._cache[(e.key, e.start, e.stop)]
+        self._spans[e.key].discard((e.start, e.stop))
         if keep_buffer and e.array is not None:
             self._free.setdefault((e.array.shape, e.array.dtype.str), []).append(e.array)
             self._free_bytes += e.nbytes
@@ -319,6 +321,7 @@ class Pager:
                 e = _Entry(key, a, b, buf.nbytes)
                 e.array = buf
                 self._cache[bid] = e
+                self._spans.setdefault(bid[0], set()).add(bid[1:])
                 e.future = self._executor.submit(self._load, e)
 
     def _load(self, e: _Entry) -> None:
@@ -329,12 +332,16 @@ class Pager:
 
     def _evict_overlaps(self, key: str, a: int, b: int) -> None:
         """Drop cached blocks of ``key`` that overlap ``[a, b)`` but differ from it. Lock held."""
-        for (k, s, t), e in list(self._cache.items()):
-            if k == key and s < b and a < t and (s, t) != (a, b):
-                if e.future is not None:
-                    self._await(e)
-                if e.pins:
-                    raise OocnetError(f"rows [{s}, {t}) of {key!r} are checked out; check them in first.")
+        # By the key's own blocks: scanning the whole cache made each checkout cost O(blocks cached).
+        for s, t in [st for st in self._spans.get(key, ()) if st[0] < b and a < st[1] and st != (a, b)]:
+            e = self._cache.get((key, s, t))
+            if e is None:
+                continue
+            if e.future is not None:
+                self._await(e)
+            if e.pins:
+                raise OocnetError(f"rows [{s}, {t}) of {key!r} are checked out; check them in first.")
+            if self._cache.get((key, s, t)) is e:
                 self._drop(e, keep_buffer=True)
 
     def _await(self, e: _Entry) -> None:
@@ -394,6 +401,7 @@ class Pager:
                                       f"rows [{start}, {stop}) of {key!r}")
                 e.pins += 1  # pinned before the lock is released for IO
                 self._cache[bid] = e
+                self._spans.setdefault(bid[0], set()).add(bid[1:])
                 t0 = time.perf_counter()
                 try:
                     with _phase("load"):
