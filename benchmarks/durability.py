@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import oocnet as oc  # noqa: E402
 from oocnet.store import durable  # noqa: E402
-from paging import machine  # noqa: E402
+from paging import machine, replace_block  # noqa: E402
 from sparse import BATCH, CLASSES, DIM, zipf_batches  # noqa: E402
 
 MiB = 2**20
@@ -106,15 +106,7 @@ def main() -> None:
     print()
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = "<!-- durability:start -->", "<!-- durability:end -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body:
-            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body += f"\n## Durability (benchmarks/durability.py)\n\n{block}\n"
-        readme.write_text(body)
+        replace_block("durability", text, "Durability (benchmarks/durability.py)")
 
 
 if __name__ == "__main__":

@@ -110,15 +110,9 @@ def main() -> None:
     print()
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = "<!-- outputs:start -->", "<!-- outputs:end -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body:
-            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body += f"\n## Large outputs (benchmarks/outputs.py)\n\n{block}\n"
-        readme.write_text(body)
+        from paging import replace_block
+
+        replace_block("outputs", text, "Large outputs (benchmarks/outputs.py)")
 
 
 if __name__ == "__main__":

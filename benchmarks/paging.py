@@ -82,6 +82,19 @@ def machine() -> str:
             f"Python {platform.python_version()}, temp disk {disk.total / 2**30:.0f} GiB")
 
 
+def replace_block(name: str, text: str, title: str) -> None:
+    """Put ``text`` between the ``name`` markers of benchmarks/README.md (appending a section if absent)."""
+    readme = HERE / "README.md"
+    body = readme.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body += f"\n## {title}\n\n{block}\n"
+    readme.write_text(body)
+
+
 def table(rows: list[dict], ram_rate: float | None) -> str:
     head = ("| store | budget | examples/s | ×RAM | peak RSS − baseline (total / anon / file) MiB | "
             "max RSS MiB | pager peak MiB | read / written MiB per step | IO wait s/step |")
@@ -140,15 +153,7 @@ def main() -> None:
     print()
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = "<!-- paging:start -->", "<!-- paging:end -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body:
-            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body += f"\n## Paging (benchmarks/paging.py)\n\n{block}\n"
-        readme.write_text(body)
+        replace_block("paging", text, "Paging (benchmarks/paging.py)")
 
 
 if __name__ == "__main__":

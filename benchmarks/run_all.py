@@ -53,16 +53,10 @@ def machine() -> str:
 
 
 def replace_block(name: str, text: str, title: str) -> None:
-    """Put ``text`` between the ``name`` markers of benchmarks/README.md (appending a section if absent)."""
-    readme = HERE / "README.md"
-    body = readme.read_text()
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{text}\n{end}"
-    if start in body:
-        body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-    else:
-        body += f"\n## {title}\n\n{block}\n"
-    readme.write_text(body)
+    sys.path.insert(0, str(HERE))
+    from paging import replace_block as replace
+
+    replace(name, text, title)
 
 
 def run_hdf5_index(args_text: str, write: bool) -> bool:

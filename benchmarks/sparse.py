@@ -193,15 +193,9 @@ def main() -> None:
     print()
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = f"<!-- {args.readme_block}:start -->", f"<!-- {args.readme_block}:end -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body:
-            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body += f"\n## Sparse input (benchmarks/sparse.py, {args.readme_block})\n\n{block}\n"
-        readme.write_text(body)
+        from paging import replace_block  # the benchmarks folder is on sys.path when run as a script
+
+        replace_block(args.readme_block, text, f"Sparse input (benchmarks/sparse.py, {args.readme_block})")
 
 
 def report(rows: list[dict], args) -> str:

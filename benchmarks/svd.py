@@ -278,15 +278,9 @@ def main() -> None:
     print()
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = "<!-- svd:start -->", "<!-- svd:end -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body:
-            body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body += f"\n## Truncated SVD (benchmarks/svd.py)\n\n{block}\n"
-        readme.write_text(body)
+        from paging import replace_block  # the benchmarks folder is on sys.path when run as a script
+
+        replace_block("svd", text, "Truncated SVD (benchmarks/svd.py)")
 
 
 def report(rows: list[dict], ft_rows: list[dict], args) -> str:
