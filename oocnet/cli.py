@@ -90,15 +90,20 @@ def _print_json(obj, path: str | None = None) -> None:
             fh.write(text + "\n")
 
 
+def _print_result(args: argparse.Namespace, result, text) -> None:
+    """``result`` as JSON with ``--json``, else as the text ``text(result)`` makes."""
+    if args.json:
+        _print_json(result)
+    else:
+        print(text(result))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import config, run
 
     spec = config.load_config(args.config)
     summary = run.train(spec, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    if args.json:
-        _print_json(summary)
-    else:
-        print(run.format_train(summary))
+    _print_result(args, summary, run.format_train)
     return 0
 
 
@@ -111,10 +116,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = config.load_config(args.config)
     result = run.evaluate(spec, data=args.data, labels=args.labels, top_k=args.top_k, progress=not args.no_progress)
-    if args.json:
-        _print_json(result)
-    else:
-        print(run.format_eval(result))
+    _print_result(args, result, run.format_eval)
     return 0
 
 
@@ -122,10 +124,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from . import run
 
     info = run.inspect_store(args.store, verify=args.verify)
-    if args.json:
-        _print_json(info)
-    else:
-        print(run.format_inspect(info))
+    _print_result(args, info, run.format_inspect)
     return 0 if info.get("verify", {}).get("ok", True) else 1
 
 
@@ -182,10 +181,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     summary = demo.run_demo(args.dir, vocab=args.vocab, budget=args.budget, n_train=args.train, n_test=args.test,
                             words=args.words, fresh=args.fresh, seed=args.seed, progress=not args.no_progress)
-    if args.json:
-        _print_json(summary)
-    else:
-        print(demo.format_demo(summary))
+    _print_result(args, summary, demo.format_demo)
     return 0
 
 

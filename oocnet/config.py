@@ -58,16 +58,21 @@ from .errors import ConfigError, OocnetError
 SECTIONS = ("seed", "model", "loss", "optimizer", "store", "training", "data", "evaluate")
 
 
+def _subclasses(module, base: type, attr: str) -> dict[str, type]:
+    """The public subclasses of ``base`` in ``module.__all__``, by their ``attr`` (their config ``type``)."""
+    out = {}
+    for name in module.__all__:
+        cls = getattr(module, name)
+        if isinstance(cls, type) and issubclass(cls, base) and cls is not base:
+            out[getattr(cls, attr)] = cls
+    return out
+
+
 def layer_types() -> dict[str, type]:
     """Layer classes by ``type`` name: every public oocnet layer's ``kind``."""
     from . import layers
 
-    out = {}
-    for name in layers.__all__:
-        cls = getattr(layers, name)
-        if isinstance(cls, type) and issubclass(cls, layers.Layer) and cls is not layers.Layer:
-            out[cls.kind] = cls
-    return out
+    return _subclasses(layers, layers.Layer, "kind")
 
 
 def loss_types() -> dict[str, type]:
@@ -81,12 +86,7 @@ def optimizer_types() -> dict[str, type]:
     """Optimizer classes by ``type`` name."""
     from . import optim
 
-    out = {}
-    for name in optim.__all__:
-        cls = getattr(optim, name)
-        if isinstance(cls, type) and issubclass(cls, optim.Optimizer) and cls is not optim.Optimizer:
-            out[cls.name] = cls
-    return out
+    return _subclasses(optim, optim.Optimizer, "name")
 
 
 @dataclass
