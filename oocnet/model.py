@@ -138,6 +138,7 @@ class Sequential:
         self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
         self._row_cache_sig: tuple | None = None
         self._broken = False  # a step failed half-way: never commit on top of it
+        self._changing = False  # a step has begun to update parameters
 
     # -- construction -----------------------------------------------------------------
     @staticmethod
@@ -357,7 +358,11 @@ class Sequential:
             {n: (suffixes or {}).get(f"{layer.name}/{n}", []) for n in names},
             record,
             training,
+            on_update=self._mark_changing if opt is not None and record is None else None,
         )
+
+    def _mark_changing(self) -> None:
+        self._changing = True
 
     def _plan(self, tiles, suffixes=None, backward=False) -> list[tuple[str, int, int]]:
         blocks = []
@@ -484,24 +489,25 @@ class Sequential:
         tiles = self._tiles(opt)
         suffixes = self._ensure_state(opt)
         self._configure_row_caches(opt)
-        # Sticky: once a step has failed half-way, later steps do not make the parameters whole
-        # again, so no commit may follow until the model is closed and the store reopened.
-        broken_before = self._broken
+        self._changing = False  # set by the first update of this step (ParamAccess.on_update)
         try:
             if self._fuses(loss):
                 value = self._fused_step(x, y, loss, tiles, opt, suffixes, trace=trace)
             else:
                 s_list, z_list = self._forward(x, tiles, trace, training=True)
                 value, delta = self._loss_and_delta(s_list, z_list, y, loss)
-                self._broken = True  # until the backward pass completes, the step is half-applied
                 self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
-            self._broken = broken_before
         except BaseException:
-            if self._broken:
-                self.store.mark_failed()  # whoever closes the store next must not commit the half step
+            if self._changing:
+                # Raised after some parameters moved: half-applied. Sticky -- later steps do not make
+                # the parameters whole again, so no commit may follow until close and reopen; and
+                # whoever closes the store next must not commit it either.
+                self._broken = True
+                self.store.mark_failed()
             self.pager.reset_pins()  # the step is over: nothing it checked out is in use any more
             raise
         finally:
+            self._changing = False
             self._release_held(x)
         self.step += 1
         if self.commit_every is not None and self.step % self.commit_every == 0:
@@ -520,16 +526,7 @@ class Sequential:
         inp = z_list[-1] if top > 0 else x
         out = self.layers[-1]
         access = self._access(out, tiles, opt, suffixes, record, training=train)
-        updating = train and record is None  # recording gradients changes nothing
-        broken_before = self._broken
-        if updating:
-            self._broken = True  # the output layer updates as it goes
-        try:
-            value, dx = out.fused(access, inp, y, loss, train=train)
-        except OocnetError as exc:
-            if updating and getattr(exc, "unchanged", False):  # refused before its first update
-                self._broken = broken_before
-            raise
+        value, dx = out.fused(access, inp, y, loss, train=train)
         if not np.isfinite(value):
             raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
         if train and top > 0:

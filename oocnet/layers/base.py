@@ -137,6 +137,8 @@ class ParamAccess:
     record: dict[str, np.ndarray] | None = None  # gradient recording (tests, gradcheck)
     #: True when a backward pass follows this forward pass (gathered rows are kept for it).
     training: bool = False
+    #: Called before each update of parameters (the model learns when a step starts changing them).
+    on_update: Callable[[], None] | None = None
 
     def key(self, name: str) -> str:
         """The store key of parameter ``name``."""
@@ -173,6 +175,8 @@ class ParamAccess:
                 if self.record is not None:
                     self.record[key][start:stop] += grad
                 else:
+                    if self.on_update is not None:
+                        self.on_update()
                     self.optimizer.step(param, grad, state)
 
             yield param, grad, apply
@@ -202,6 +206,8 @@ class ParamAccess:
         try:
             for s in suffixes:
                 state[s] = self.pager.gather(f"{key}:{s}", rows)
+            if self.on_update is not None:
+                self.on_update()
             self.optimizer.step(param, grad, state)
         except BaseException:
             for s in state:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BudgetError, ConfigError, NumericalError
+from ..errors import ConfigError, NumericalError
 from ..init import check_init
 from ..losses import Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
 from ..sampling import negative_sampling, sampled_softmax, segment_sum
@@ -42,12 +42,10 @@ LOGIT_BYTES = 8 * 2**20
 def _check_loss_value(value: float) -> None:
     """Refuse a non-finite loss before the gradient pass: nothing has been updated yet."""
     if not np.isfinite(value):
-        err = NumericalError(
+        raise NumericalError(
             f"the loss is {value} before this step's update; parameters were not changed. "
             f"Lower the learning rate or check the inputs' scale."
         )
-        err.unchanged = True  # the model keeps its parameters whole (no rollback needed)
-        raise err
 
 
 class Output(Layer):
@@ -262,15 +260,11 @@ class Output(Layer):
         else:
             drawn = sampler.sample(n * loss.k).reshape(n, loss.k)
             cand = np.unique(np.concatenate([y, drawn.reshape(-1)]))
+        W = access.gather("W", cand)
         try:
-            W = access.gather("W", cand)
-            try:
-                bv = access.gather("b", cand) if self.bias else None
-            except BaseException:
-                access.release("W", cand)
-                raise
-        except BudgetError as exc:
-            exc.unchanged = True  # refused before any row moved
+            bv = access.gather("b", cand) if self.bias else None
+        except BaseException:
+            access.release("W", cand)
             raise
         try:
             yi = np.searchsorted(cand, y)
