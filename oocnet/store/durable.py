@@ -296,18 +296,18 @@ class DurableStore:
         except StoreIOError as exc:  # the journal went away under us: did the writer commit?
             if path.exists() or self._read_generation() == self._commit["generation"]:
                 raise
-            raise StoreError(
-                f"{self.path} was committed by its writer since this read-only store was opened at "
-                f"generation {self._commit['generation']}; reopen it to read the new commit."
-            ) from exc
+            raise self._committed_since() from exc
         st = self._stat_record()
         if st != self._record_stat:
             if self._read_generation() != self._commit["generation"]:
-                raise StoreError(
-                    f"{self.path} was committed by its writer since this read-only store was opened at "
-                    f"generation {self._commit['generation']}; reopen it to read the new commit."
-                )
+                raise self._committed_since()
             self._record_stat = st
+
+    def _committed_since(self) -> StoreError:
+        return StoreError(
+            f"{self.path} was committed by its writer since this read-only store was opened at "
+            f"generation {self._commit['generation']}; reopen it to read the new commit."
+        )
 
     def _take_in_journal(self, path: Path, size: int) -> None:
         if size and self._snap_pos is None and jr.read_base_generation(path) == self._commit["generation"]:

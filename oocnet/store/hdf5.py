@@ -828,7 +828,7 @@ class HDF5Store(DurableStore, Store):
         if stamps.get(self.path.name) == stamp:
             return
         stamps[self.path.name] = stamp
-        write_atomic(self._sidecar(".commit.json"), json.dumps(doc, indent=1).encode("ascii"), self._dir_fd_durable)
+        self._persist_commit({k: v for k, v in doc.items() if k not in ("format", "version")})
         self._stamps = dict(stamps)
 
     def _load_commit(self) -> dict | None:
