@@ -47,6 +47,14 @@ def assert_bitwise(got: dict, want: dict) -> None:
         assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
 
 
+def assert_reopens_at(make, step: int, state: dict) -> None:
+    """The model ``make()`` builds on the reopened store is at ``step`` with exactly ``state``."""
+    again = make()
+    assert again.step == step
+    assert_bitwise(again.state_dict(), state)
+    again.close()
+
+
 # -- commits -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -395,10 +403,7 @@ def test_a_step_that_failed_half_way_is_never_committed_even_after_good_steps(ba
     with pytest.raises(oc.OocnetError, match="rolls back to the last commit"):
         model.commit()
     model.close()
-    again = make()
-    assert again.step == 1
-    assert_bitwise(again.state_dict(), committed)
-    again.close()
+    assert_reopens_at(make, 1, committed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -413,10 +418,7 @@ def test_a_failed_gradients_call_leaves_uncommitted_training_intact(backend, tmp
     with pytest.raises(NumericalError):
         model.gradients(np.array([[10.0, 10.0]]), [0], oc.SoftmaxCrossEntropy())  # the loss overflows
     model.close()  # commits the three steps: gradients() changed nothing
-    again = make()
-    assert again.step == 3
-    assert_bitwise(again.state_dict(), trained)
-    again.close()
+    assert_reopens_at(make, 3, trained)
 
 
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "softmax_margin_hinge"])
@@ -693,10 +695,7 @@ def test_closing_a_store_under_a_model_with_uncommitted_steps_commits_nothing(ba
     with pytest.raises(StoreError, match="closed under a model"):
         s.close()
     assert not [t for t in __import__("threading").enumerate() if t.name.startswith("oocnet-prefetch")]
-    again = _small(path)
-    assert again.step == 1
-    assert_bitwise(again.state_dict(), committed)
-    again.close()
+    assert_reopens_at(lambda: _small(path), 1, committed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -719,10 +718,7 @@ def test_an_interrupt_in_the_write_back_of_close_commits_nothing(backend, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         model.close()
     assert calls[0] >= 2
-    again = _small(path)
-    assert again.step == 1
-    assert_bitwise(again.state_dict(), committed)
-    again.close()
+    assert_reopens_at(lambda: _small(path), 1, committed)
 
 
 _FORKED = """
@@ -772,10 +768,8 @@ def test_a_model_dropped_without_close_releases_its_store_and_commits_nothing(ba
     model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
     del model
     gc.collect()
-    again = _small(path)  # the same process may open the path again: the lock is released
-    assert again.step == 1
-    assert_bitwise(again.state_dict(), committed)
-    again.close()
+    # The same process may open the path again: the lock is released.
+    assert_reopens_at(lambda: _small(path), 1, committed)
 
 
 def test_after_an_interrupted_step_no_block_stays_checked_out(tmp_path):

@@ -219,15 +219,19 @@ class CountingStore(CopyingStore):
         super()._write_index(key, rows, value)
 
 
-@pytest.mark.parametrize("capacity", [64, 320, 900, 2000])
-def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
+def counted_row_cache(n: int, d: int, capacity: int):
+    """A CountingStore holding an n x d parameter of distinct values, a copy of them, and a RowCache on it."""
     from oocnet.paging.rowcache import RowCache
 
-    n, d = 1000, 3
     store = CountingStore()
     store.create("W", (n, d), "float64", init=lambda a, b: np.arange(a * d, b * d, dtype=float).reshape(-1, d))
-    ref = store.read_rows("W", 0, n).copy()
-    cache = RowCache(store, "W", capacity)
+    return store, store.read_rows("W", 0, n).copy(), RowCache(store, "W", capacity)
+
+
+@pytest.mark.parametrize("capacity", [64, 320, 900, 2000])
+def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
+    n, d = 1000, 3
+    store, ref, cache = counted_row_cache(n, d, capacity)
     rng = np.random.default_rng(capacity)
     for step in range(300):
         rows = np.unique(rng.zipf(1.3, size=rng.integers(1, 40)) % n)[: cache.capacity]
@@ -252,13 +256,8 @@ def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
 @pytest.mark.parametrize("capacity", [40, 300])
 def test_row_cache_interleaved_gathers_and_scatters_match_a_plain_array(capacity):
     """Two row sets in flight (gather A, gather B, scatter A, scatter B): B's lookup may evict A's rows."""
-    from oocnet.paging.rowcache import RowCache
-
     n, d = 500, 2
-    store = CountingStore()
-    store.create("W", (n, d), "float64", init=lambda a, b: np.arange(a * d, b * d, dtype=float).reshape(-1, d))
-    ref = store.read_rows("W", 0, n).copy()
-    cache = RowCache(store, "W", capacity)
+    store, ref, cache = counted_row_cache(n, d, capacity)
     rng = np.random.default_rng(7)
     for step in range(200):
         a = np.unique(rng.integers(0, n, size=rng.integers(1, 30)))
