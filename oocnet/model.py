@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,22 +30,12 @@ from .paging import Pager, format_bytes, parse_bytes
 from .phases import phase as _phase  # profiler marks (no-ops unless profiling)
 from .sparse import SparseBatch
 from .store import MemoryStore, Store, open_store
+from .store.files import remove_store
 from .store.base import ParamInfo, validate_dtype
 
 _MODEL_DTYPES = ("float32", "float64")
 #: Below this many rows a row cache is not worth its bookkeeping.
 _MIN_CACHE_ROWS = 64
-
-
-def _remove_new_store(path, backend: str) -> None:
-    """Delete the files of a store this process has just created (and closed)."""
-    p = Path(path)
-    if backend == "hdf5":
-        for f in (p, *(p.with_name(p.name + s) for s in (".lock", ".commit.json", ".journal"))):
-            with contextlib.suppress(OSError):
-                f.unlink()
-    else:
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def _exclusive(method):
@@ -133,7 +121,8 @@ class Sequential:
             if self._owns_store:
                 self.store.close()
                 if new_path:  # made by this call and left empty: a failed construction leaves no trace
-                    _remove_new_store(store, self.store.backend)
+                    with contextlib.suppress(OocnetError, OSError):
+                        remove_store(store, self.store.backend)
             raise
         self._tile_cache: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
         self._row_cache_sig: tuple | None = None
