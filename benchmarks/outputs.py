@@ -66,6 +66,8 @@ def one(args) -> dict:
 
 
 def main() -> None:
+    from paging import run_child  # the benchmarks folder is on sys.path when run as a script
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", default="256MiB")
     p.add_argument("--configs", default="100000:exact,100000:sampled,100000:negative,1000000:exact,"
@@ -87,11 +89,9 @@ def main() -> None:
         steps, warmup = ("3", "1") if loss == "exact" else ("100", "20")
         cmd = [sys.executable, __file__, "--one", "--V", V, "--loss", loss, "--budget", args.budget,
                "--steps", steps, "--warmup", warmup] + (["--tmp", args.tmp] if args.tmp else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"V={V} {loss}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        r = run_child(cmd, f"V={V} {loss}")
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"V={int(V):>9,} {loss:9s} {r['examples_per_s']:9.0f} ex/s {r['ms_per_step']:9.1f} ms/step "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB (anon {r['peak_anon_mib']:.0f})", flush=True)

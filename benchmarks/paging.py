@@ -82,6 +82,15 @@ def machine() -> str:
             f"Python {platform.python_version()}, temp disk {disk.total / 2**30:.0f} GiB")
 
 
+def run_child(cmd: list[str], label: str, tail: int | None = 2000) -> dict | None:
+    """Run one configuration as a child; its last stdout line as JSON, or None (and its stderr) if it failed."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"{label}: failed\n{out.stderr if tail is None else out.stderr[-tail:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def replace_block(name: str, text: str, title: str) -> None:
     """Put ``text`` between the ``name`` markers of benchmarks/README.md (appending a section if absent)."""
     readme = HERE / "README.md"
@@ -136,11 +145,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--backend", backend, "--budget", budget,
                "--width", str(args.width), "--layers", str(args.layers), "--batch", str(args.batch),
                "--steps", str(args.steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{backend} {budget}: failed\n{out.stderr}", file=sys.stderr)
+        r = run_child(cmd, f"{backend} {budget}", tail=None)
+        if r is None:
             continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(r)
         r = rows[-1]
         print(f"{backend:7s} {budget:>10s}: {r['examples_per_s']:8.1f} ex/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
               f"(baseline {r['baseline_mib']:.0f}, anon {r['peak_anon_mib']:.0f}, file {r['peak_file_mib']:.0f})",

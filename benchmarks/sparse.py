@@ -149,6 +149,8 @@ def fmt_v(V: int) -> str:
 
 
 def main() -> None:
+    from paging import run_child  # the benchmarks folder is on sys.path when run as a script
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab", default="10000,100000,1000000,10000000")
     p.add_argument("--backends", default="ram,memmap,hdf5,torch")
@@ -180,11 +182,9 @@ def main() -> None:
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
             if args.tmp:
                 cmd += ["--tmp", args.tmp]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"V={V} {backend}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            r = run_child(cmd, f"V={V} {backend}")
+            if r is None:
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
             print(f"V={fmt_v(V):>5} {backend:7s} {r['examples_per_s']:9.0f} ex/s {r['ms_per_step']:7.2f} ms/step "
                   f"peak RSS {r['peak_rss_mib']:6.0f} MiB (anon {r['peak_anon_mib']:.0f}, file {r['peak_file_mib']:.0f})"

@@ -203,6 +203,8 @@ def run_finetune(args) -> list[dict]:
 # -- driver --------------------------------------------------------------------------------------------
 
 def main() -> None:
+    from paging import run_child  # the benchmarks folder is on sys.path when run as a script
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=10**6)
     p.add_argument("--cols", type=int, default=256)
@@ -250,11 +252,9 @@ def main() -> None:
         rows = []
         for kind, method, budget in configs:
             cmd = [sys.executable, __file__, "--one", kind, "--method", method, "--budget", budget, *common]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{kind} {method} {budget}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+            r = run_child(cmd, f"{kind} {method} {budget}", tail=3000)
+            if r is None:
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             r.update(kind=kind, budget=budget)
             rows.append(r)
             print(f"{kind:8s} {r['method']:42s} {budget:>9s}: {r['seconds']:6.1f} s, {r['passes']} passes, "
@@ -269,11 +269,7 @@ def main() -> None:
                str(args.train_steps), "--finetune-steps", str(args.finetune_steps), "--ft-ranks", args.ft_ranks,
                "--ft-lr", str(args.ft_lr),
                "--ft-budget", args.ft_budget] + (["--tmp", args.tmp] if args.tmp else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"fine-tune: failed\n{out.stderr[-3000:]}", file=sys.stderr)
-        else:
-            ft_rows = json.loads(out.stdout.strip().splitlines()[-1])
+        ft_rows = run_child(cmd, "fine-tune", tail=3000) or ft_rows
     text = report(rows, ft_rows, args)
     print()
     print(text)
