@@ -23,6 +23,7 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ReadOnlyError, ShapeError
 from .init import row_initializer
+from .store.rowinit import RowInit
 from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
 from .optim.base import Optimizer, check_state_values
@@ -193,7 +194,8 @@ class Sequential:
         created = False
         for key, info in self._param_infos.items():
             if key not in self.store:
-                init = row_initializer(specs[key].init, key, info.shape, info.dtype, self.seed)
+                init = row_initializer(specs[key].init, key, info.shape, info.dtype, self.seed,
+                                       lazy=specs[key].sparse)
                 self.store.create(key, info.shape, info.dtype, init)
                 created = True
         return created
@@ -319,6 +321,7 @@ class Sequential:
 
     def _ensure_state(self, opt: Optimizer) -> dict[str, list[str]]:
         suffixes: dict[str, list[str]] = {}
+        sparse = set(self._sparse_keys())
         for key, infos in self._state_infos(opt).items():
             suffixes[key] = []
             for st in infos:
@@ -333,7 +336,11 @@ class Sequential:
                         )
                     continue
                 value = opt.state_init(suffix)
-                init = None if value == 0 else (lambda a, b, v=value, i=st: np.full((b - a, *i.row_shape), v, i.dtype))
+                if key in sparse:  # a table's state: rows not written yet read as the value, computed
+                    init = RowInit("constant", self.seed, st.key, st.shape, st.dtype, value)
+                else:
+                    init = None if value == 0 else (lambda a, b, v=value, i=st: np.full((b - a, *i.row_shape), v,
+                                                                                         i.dtype))
                 self.store.create(st.key, st.shape, st.dtype, init)
         return suffixes
 

@@ -44,6 +44,7 @@ from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
+from .rowinit import LazyRows, RowInit
 from ..errors import (
     ConfigError,
     ParameterExists,
@@ -189,6 +190,10 @@ class Store(abc.ABC):
     backend: ClassVar[str] = "abstract"
     persistent: ClassVar[bool] = False
     zero_copy: ClassVar[bool] = False
+    #: Whether a parameter created with a :class:`~oocnet.store.rowinit.RowInit` is created
+    #: *lazily*: nothing is written, and rows not written since read as their computed
+    #: initial values (disk stores; they record which rows were written).
+    lazy_init: ClassVar[bool] = False
     #: Keys deleted since the last commit whose files stay until the commit (durable stores).
     _pending_delete: frozenset | set = frozenset()
 
@@ -198,6 +203,7 @@ class Store(abc.ABC):
         self._failed = False  # a data write failed since the last commit: never commit on top of it
         self._pid = os.getpid()  # a forked child must not write (or commit) its parent's store
         self._pagers: weakref.WeakSet = weakref.WeakSet()  # pagers paging this store (their dirty blocks)
+        self._lazy: dict[str, LazyRows] = {}  # parameters created lazily, and which rows were written
 
     # -- what a backend implements --------------------------------------------------
     @abc.abstractmethod
@@ -237,6 +243,9 @@ class Store(abc.ABC):
 
     def _after_create(self, key: str) -> None:
         """Called after a parameter was created."""
+
+    def _before_lazy_create(self, info: ParamInfo) -> None:
+        """Called before a parameter is created lazily (disk stores check there is room for all of it)."""
 
     def _patch_read(self, key: str, start: int, stop: int, ids: np.ndarray | None, out: np.ndarray) -> None:
         """Called after rows were read into ``out`` (rows [start, stop), or the sorted ``ids``)."""
@@ -362,7 +371,10 @@ class Store(abc.ABC):
             One of float16, float32, float64, int32, int64, uint8.
         init : callable, ndarray or None
             ``init(start, stop)`` returning rows ``[start, stop)``, called in chunks of
-            about 16 MiB; or a whole array of ``shape``; or None for zeros.
+            about 16 MiB; or a whole array of ``shape``; or None for zeros.  A
+            :class:`~oocnet.store.rowinit.RowInit` given to a disk store writes
+            nothing: each row reads as its initial value until it is first written,
+            so creating a table of 10^7 rows costs neither time nor disk.
 
         Returns
         -------
@@ -375,6 +387,16 @@ class Store(abc.ABC):
                                   f"is kept until the next one; commit() before creating it again.")
         if key in self._keys():
             raise ParameterExists(f"parameter {key!r} already exists with shape {self._info(key).shape}.")
+        if isinstance(init, RowInit) and self.lazy_init:
+            if init.shape != info.shape or init.dtype != info.dtype:
+                raise ShapeError(f"initializer of {key!r} is for {init.shape} {init.dtype}, "
+                                 f"not {info.shape} {info.dtype}.")
+            self._before_lazy_create(info)
+            self._create(info, None)  # zeros: a row not written reads as its initial value
+            self._lazy[info.key] = LazyRows(init, info.n_rows)
+            self._after_create(info.key)
+            return info
+        self._lazy.pop(info.key, None)  # from a parameter of that name deleted since the last commit
         if isinstance(init, np.ndarray) or (init is not None and not callable(init)):
             whole = self._check_value(info, init, info.n_rows, "create")
             init = lambda a, b: whole[a:b]  # noqa: E731
@@ -412,8 +434,7 @@ class Store(abc.ABC):
         """Read a whole parameter (into ``out`` when given) and return it."""
         info = self._checked_info(key)
         out = self._check_out(info, info.n_rows, out, "read")
-        self._read_rows(key, 0, info.n_rows, out)
-        self._patch_read(key, 0, info.n_rows, None, out)
+        self._read_range(key, 0, info.n_rows, out)
         return out
 
     def read_rows(self, key: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -422,8 +443,7 @@ class Store(abc.ABC):
         a, b = self._check_range(info, start, stop)
         out = self._check_out(info, b - a, out, "read_rows")
         if b > a:
-            self._read_rows(key, a, b, out)
-            self._patch_read(key, a, b, None, out)
+            self._read_range(key, a, b, out)
         return out
 
     def read_index(self, key: str, rows, out: np.ndarray | None = None) -> np.ndarray:
@@ -437,15 +457,40 @@ class Store(abc.ABC):
         if ids.size == 0:
             return out
         if ids.size == 1 or np.all(ids[1:] > ids[:-1]):
-            self._read_index(key, ids, out)
-            self._patch_read(key, 0, 0, ids, out)
+            self._read_set(key, ids, out)
         else:
             uniq, inverse = np.unique(ids, return_inverse=True)
             tmp = np.empty((uniq.size, *info.row_shape), dtype=info.dtype)
-            self._read_index(key, uniq, tmp)
-            self._patch_read(key, 0, 0, uniq, tmp)
+            self._read_set(key, uniq, tmp)
             np.take(tmp, inverse, axis=0, out=out)
         return out
+
+    def _read_range(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``[start, stop)`` into ``out``: the backend's bytes, as a reader sees them, lazy rows computed."""
+        self._read_rows(key, start, stop, out)
+        self._patch_read(key, start, stop, None, out)
+        lazy = self._lazy.get(key)
+        if lazy is not None and not lazy.complete:
+            fresh = lazy.unwritten_in(start, stop)
+            if fresh.size:
+                out[fresh] = lazy.init.at(fresh + start)
+
+    def _read_set(self, key: str, ids: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``ids`` (sorted, unique) into ``out``; rows never written are computed, not read."""
+        lazy = self._lazy.get(key)
+        written = None if lazy is None or lazy.complete else lazy.written(ids)
+        if written is None or written.all():
+            self._read_index(key, ids, out)
+            self._patch_read(key, 0, 0, ids, out)
+            return
+        if written.any():
+            some = ids[written]
+            tmp = np.empty((some.size, *out.shape[1:]), dtype=out.dtype)
+            self._read_index(key, some, tmp)
+            self._patch_read(key, 0, 0, some, tmp)
+            out[written] = tmp
+        fresh = ~written
+        out[fresh] = lazy.init.at(ids[fresh])
 
     def write(self, key: str, value) -> None:
         """Overwrite a whole parameter."""
@@ -455,6 +500,8 @@ class Store(abc.ABC):
         self._before_write(key, np.arange(info.n_rows, dtype=np.int64))
         with self._poison_on_error():
             self._write_rows(key, 0, arr)
+        if key in self._lazy:
+            self._lazy[key].mark_range(0, info.n_rows)
 
     def write_rows(self, key: str, start: int, value) -> None:
         """Overwrite rows ``[start, start + len(value))`` of ``key``."""
@@ -468,6 +515,8 @@ class Store(abc.ABC):
             self._before_write(key, np.arange(a, b, dtype=np.int64))
             with self._poison_on_error():
                 self._write_rows(key, a, arr)
+            if key in self._lazy:
+                self._lazy[key].mark_range(a, b)
 
     def write_index(self, key: str, rows, value) -> None:
         """Overwrite the rows ``rows`` of ``key`` (any order; duplicates are refused)."""
@@ -486,6 +535,8 @@ class Store(abc.ABC):
         self._before_write(key, ids)
         with self._poison_on_error():
             self._write_index(key, ids, arr)
+        if key in self._lazy:
+            self._lazy[key].mark(ids)
 
     def delete(self, key: str) -> None:
         """Remove a parameter."""

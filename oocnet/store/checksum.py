@@ -66,6 +66,16 @@ def row_hashes_at(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return _mix(acc)
 
 
+def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 20) -> int:
+    """Sum (mod 2**64) of the hashes of rows ``[start, stop)`` whose bytes are all zero (no data needed)."""
+    total = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for a in range(start, stop, chunk):
+            r = np.arange(a + 1, min(stop, a + chunk) + 1, dtype=np.uint64)  # h = mix((r + 1) * M_row)
+            total += _mix(r * _ROW).sum(dtype=np.uint64)
+    return int(total)
+
+
 def block_sum(block: np.ndarray, first_row: int) -> int:
     """Sum (mod 2**64) of the row hashes of ``block``."""
     return int(row_hashes(block, first_row).sum(dtype=np.uint64))

@@ -60,7 +60,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import os
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +71,16 @@ import numpy as np
 from ..errors import ChecksumError, ReadOnlyError, StoreError, StoreFormatError, StoreIOError, StoreLockedError
 from . import checksum as ck
 from . import journal as jr
+from .base import check_disk_room
+from .rowinit import LazyRows, from_spec
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
+
+#: The tail of a bitmap file's name: the key's digest and the commit's generation.
+_LAZY_NAME = re.compile(r"[0-9a-f]{16}\.[0-9]+")
 
 #: Rows are journaled and hashed in pieces of about this many bytes.
 PIECE_BYTES = 4 * 2**20
@@ -151,8 +159,14 @@ class DurableStore:
     :meth:`_before_write` before every data write.
     """
 
+    lazy_init = True
+
     # -- hooks the backend implements ------------------------------------------------
     def _journal_path(self) -> Path: ...
+
+    def _lazy_place(self) -> tuple[Path, str]:
+        """The folder of the written-row bitmaps of lazily created parameters, and their name prefix."""
+        raise NotImplementedError
 
     def _blocks(self, key: str) -> np.ndarray:
         """Start rows of the checksum blocks of ``key`` (first is 0)."""
@@ -191,6 +205,7 @@ class DurableStore:
         self._pending_delete: set[str] = set()  # committed parameters deleted since: removed at commit
         self._replaying = False
         self._recompute: set[tuple[str, int]] = set()
+        self._lazy_record: dict[str, dict] = {}  # the last commit's "lazy" section
         self._lock_fd = -1
 
     @property
@@ -242,6 +257,7 @@ class DurableStore:
         else:  # written before commits existed (or brand new): adopt what is there, checksums unknown
             self._checksums = {k: [None] * len(self._blocks(k)) for k in self._keys()}
         gen = self._commit["generation"]
+        self._load_lazy(record.get("lazy", {}) if record is not None else {})
         stale = [k for k in self._keys() if k not in self._checksums]
         rolled = False
         path = self._journal_path()
@@ -425,6 +441,16 @@ class DurableStore:
             total = ck.add(total, ck.block_sum(buf, r))
         return total
 
+    def _new_block_sum(self, key: str, i: int) -> int:
+        """:meth:`_block_sum` of a parameter created since the last commit, without reading unwritten blocks."""
+        lazy = self._lazy.get(key)
+        if lazy is not None:
+            starts = self._blocks(key)
+            a, b = int(starts[i]), int(starts[i + 1]) if i + 1 < len(starts) else lazy.n_rows
+            if not lazy.bits[a >> 3 : (b + 7) >> 3].any():  # its rows are the zeros the file was created with
+                return ck.zero_rows_sum(a, b)
+        return self._block_sum(key, i)
+
     def verify(self) -> list[tuple[str, str]]:
         """Recompute every block's checksum; return ``(key, file)`` of each that differs from the last commit.
 
@@ -463,8 +489,7 @@ class DurableStore:
         try:
             for a in range(0, new.size, step):
                 ids_p = new[a : a + step]
-                old = np.empty((ids_p.size, *info.row_shape), dtype=info.dtype)
-                self._read_index(key, ids_p, old)
+                old = self._committed_image(key, ids_p, info)
                 self._journal.append(key, ids_p, old)
                 at("journal:appended")
                 blk = np.searchsorted(starts, ids_p, side="right") - 1
@@ -478,8 +503,115 @@ class DurableStore:
         self._hash_delta[key] = delta
         self._journaled[key] = new.copy() if done is None else np.insert(done, np.searchsorted(done, new), new)
 
+    def _committed_image(self, key: str, ids: np.ndarray, info) -> np.ndarray:
+        """The bytes rows ``ids`` (sorted) hold on disk now, which the journal keeps before they change.
+
+        A lazily created parameter's rows never written hold zeros (its files start
+        as zeros, and a rollback restores the zeros journaled here): those are not read.
+        """
+        old = np.empty((ids.size, *info.row_shape), dtype=info.dtype)
+        lazy = self._lazy.get(key)
+        written = None if lazy is None or lazy.complete else lazy.written(ids)
+        if written is None or written.all():
+            self._read_index(key, ids, old)
+            return old
+        old[~written] = 0
+        if written.any():
+            tmp = np.empty((int(np.count_nonzero(written)), *info.row_shape), dtype=info.dtype)
+            self._read_index(key, ids[written], tmp)
+            old[written] = tmp
+        return old
+
     def _after_create(self, key: str) -> None:
         self._uncommitted.add(key)
+
+    def _before_lazy_create(self, info) -> None:
+        # Rows take their disk space as they are written; refuse now a table that could not
+        # be written whole, rather than fail part-way through training.
+        check_disk_room(info, self._lazy_place()[0])
+
+    # -- lazily created parameters: which rows were written, per commit --------------------------
+    def _lazy_file(self, key: str, generation: int) -> str:
+        _, prefix = self._lazy_place()
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest()
+        return f"{prefix}{digest}.{generation}"
+
+    def _load_lazy(self, section: object) -> None:
+        """Adopt the commit's ``lazy`` section: each lazily created parameter's initializer and bitmap."""
+        where = str(self._commit_record_path())
+        if not isinstance(section, dict):
+            raise StoreFormatError(f"{where}: expected 'lazy' to be an object, got {section!r}.")
+        folder, _ = self._lazy_place()
+        self._lazy.clear()
+        for key, entry in section.items():
+            if key not in self._keys():
+                continue
+            info = self._info(key)
+            try:
+                init = from_spec(entry.get("init") if isinstance(entry, dict) else None, f"{where}: lazy[{key!r}]")
+                name, crc = str(entry["file"]), int(entry["crc"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreFormatError(f"{where}: expected lazy[{key!r}] to name a bitmap file and its crc, "
+                                       f"got {entry!r}.") from exc
+            path = folder / name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError as exc:
+                if self.read_only and self._on_disk_generation() != self._commit["generation"]:
+                    raise self._committed_since() from exc
+                raise StoreFormatError(f"{path} is missing: the store's last commit needs it to tell which rows "
+                                       f"of {key!r} were written.") from exc
+            except OSError as exc:
+                raise StoreIOError(f"reading {path} failed: {exc}.") from exc
+            if zlib.crc32(data) != crc or len(data) != (info.n_rows + 7) // 8:
+                raise ChecksumError(f"{path} (which rows of {key!r} were written) is damaged: expected "
+                                    f"{(info.n_rows + 7) // 8} bytes with crc {crc}, got {len(data)} bytes "
+                                    f"with crc {zlib.crc32(data)}.")
+            if init.shape != info.shape or init.dtype != info.dtype:
+                raise StoreFormatError(f"{where}: lazy[{key!r}] is for {init.shape} {init.dtype}, but the parameter "
+                                       f"is {info.shape} {info.dtype}.")
+            try:
+                self._lazy[key] = LazyRows(init, info.n_rows, np.frombuffer(data, dtype=np.uint8).copy())
+            except ValueError as exc:
+                raise StoreFormatError(f"{path}: {exc}.") from exc
+        self._lazy_record = {k: section[k] for k in self._lazy}
+        if not self.read_only:
+            self._remove_lazy_orphans(set(e["file"] for e in self._lazy_record.values()))
+
+    def _remove_lazy_orphans(self, keep: set[str]) -> None:
+        """Delete bitmap files no commit refers to (a crash between writing one and the commit point)."""
+        folder, prefix = self._lazy_place()
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(prefix) and n not in keep
+                     and _LAZY_NAME.fullmatch(n[len(prefix):])]
+        except OSError:
+            return
+        for name in names:
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
+
+    def _lazy_section(self, generation: int, live: list[str]) -> dict:
+        """The ``lazy`` section of the commit ``generation``, writing the bitmaps that changed."""
+        folder, _ = self._lazy_place()
+        section = {}
+        for key in live:
+            lazy = self._lazy.get(key)
+            if lazy is None:
+                continue
+            prev = self._lazy_record.get(key)
+            if prev is not None and not lazy.changed and key not in self._uncommitted:
+                section[key] = prev
+                continue
+            name = self._lazy_file(key, generation)
+            data = lazy.bits.tobytes()
+            try:
+                write_atomic(folder / name, data, self._dir_fd_durable)
+            except OSError as exc:
+                raise StoreIOError(f"writing {folder / name} failed: {exc}.") from exc
+            section[key] = {"init": lazy.init.spec, "file": name, "crc": zlib.crc32(data)}
+        return section
 
     # -- commit ---------------------------------------------------------------------------
     def commit(self, step: int | None = None, metadata: dict | None = None) -> dict:
@@ -512,7 +644,7 @@ class DurableStore:
                 self._journaled.pop(key, None)
         for key in list(self._uncommitted):
             if key in self._live_keys():
-                checksums[key] = [self._block_sum(key, i) for i in range(len(self._blocks(key)))]
+                checksums[key] = [self._new_block_sum(key, i) for i in range(len(self._blocks(key)))]
         for key, ids in self._journaled.items():
             if key not in self._live_keys() or key in self._uncommitted:
                 continue
@@ -536,13 +668,16 @@ class DurableStore:
         for key in checksums:
             for f in self._block_files(key):
                 stamps[f.name] = self._file_stamp(f)
+        generation = int(self._commit["generation"]) + 1
+        lazy = self._lazy_section(generation, list(checksums))
         record = {
-            "generation": int(self._commit["generation"]) + 1,
+            "generation": generation,
             "step": int(step) if step is not None else self._commit["step"],
             "metadata": metadata if metadata is not None else {},
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "checksums": checksums,
             "stamps": stamps,
+            "lazy": lazy,
         }
         try:
             self._persist_commit(record)  # the commit point
@@ -558,6 +693,7 @@ class DurableStore:
         at("commit:persisted")
         jr.delete(self._journal_path(), self._dir_fd_durable)  # stale now: a crash before this ignores it
         self._finish_deletes()  # the record no longer names them: a crash now leaves only orphan files
+        self._remove_lazy_orphans({e["file"] for e in lazy.values()})
         at("commit:done")
         return self.last_commit
 
@@ -571,6 +707,11 @@ class DurableStore:
         """Bring the in-memory state to the commit ``record`` that is on disk (no IO but closing an fd)."""
         self._commit = {k: record[k] for k in ("generation", "step", "metadata", "time")}
         self._checksums, self._stamps = checksums, stamps
+        self._lazy_record = dict(record.get("lazy", {}))
+        for key in [k for k in self._lazy if k not in self._lazy_record]:
+            del self._lazy[key]  # deleted (or never committed and dropped)
+        for lazy in self._lazy.values():
+            lazy.changed = False
         journal, self._journal = self._journal, None
         self._journaled.clear()
         self._hash_delta.clear()

@@ -7,6 +7,7 @@ command line (``--overwrite``, ``oocnet inspect``); the backends themselves neve
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -23,11 +24,13 @@ def store_backend(path: Path, backend: str | None = None) -> str:
 
 
 def store_files(path, backend: str | None = None) -> list[Path]:
-    """The files of a disk store that exist: its data, commit record, journal and lock file."""
+    """The files of a disk store that exist: its data, commit record, journal, lock and row bitmaps."""
     p = Path(path)
     if store_backend(p, backend) == "hdf5":
-        return [f for f in (p, p.with_name(p.name + ".commit.json"), p.with_name(p.name + ".journal"),
-                            p.with_name(p.name + ".lock")) if f.exists()]
+        files = [f for f in (p, p.with_name(p.name + ".commit.json"), p.with_name(p.name + ".journal"),
+                             p.with_name(p.name + ".lock")) if f.exists()]
+        # which rows of each lazily created table were written (see oocnet.store.durable)
+        return files + sorted(p.parent.glob(glob.escape(p.name) + ".written.*"))
     if not p.is_dir():
         return []
     return sorted(f for f in p.iterdir() if f.is_file())

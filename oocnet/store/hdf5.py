@@ -801,6 +801,9 @@ class HDF5Store(DurableStore, Store):
     def _sidecar(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)
 
+    def _lazy_place(self) -> tuple[Path, str]:
+        return self.path.parent, self.path.name + ".written."
+
     def _journal_path(self) -> Path:
         return self._sidecar(".journal")
 

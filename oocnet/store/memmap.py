@@ -969,6 +969,9 @@ class MemmapStore(RowFileIO, DurableStore, Store):
             self._written.discard(shard)
 
     # -- durability hooks (see oocnet.store.durable) ------------------------------------
+    def _lazy_place(self) -> tuple[Path, str]:
+        return self.path, "#written."  # quote() escapes '#': no shard stem starts with it
+
     def _journal_path(self) -> Path:
         return self.path / JOURNAL
 

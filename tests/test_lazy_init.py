@@ -1,0 +1,245 @@
+"""Tables created lazily: rows never written are computed from the initializer, not stored or read."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import oocnet as oc
+from oocnet.errors import ChecksumError, StoreError, StoreFormatError
+from oocnet.store import MemoryStore, open_store
+from oocnet.store.files import disk_bytes, store_files
+from oocnet.store.rowinit import DISTRIBUTIONS, RowInit, uniform_at
+
+BACKENDS = ["memmap", "hdf5"]
+
+
+def _path(tmp_path, backend, name="s"):
+    return tmp_path / (name + (".h5" if backend == "hdf5" else ""))
+
+
+def _init(shape=(1000, 6), dtype="float64", name="uniform", key="emb/W"):
+    return RowInit(name, 7, key, shape, dtype)
+
+
+def _bitmaps(path, backend):
+    return [f for f in store_files(path, backend) if ".written." in f.name or f.name.startswith("#written.")]
+
+
+class CountingReads:
+    """Counts the rows a store's backend reads by index (what a step costs in IO)."""
+
+    def __init__(self, store, monkeypatch):
+        self.rows = 0
+        orig = store._read_index
+
+        def counted(key, rows, out):
+            self.rows += rows.size
+            return orig(key, rows, out)
+
+        monkeypatch.setattr(store, "_read_index", counted)
+
+
+# -- the generator -----------------------------------------------------------------------------
+def test_rows_are_the_same_computed_in_any_order_or_chunking():
+    init = _init((5000, 7))
+    whole = init(0, 5000)
+    ids = np.random.default_rng(0).permutation(5000)[:777]
+    np.testing.assert_array_equal(init.at(ids), whole[ids])
+    np.testing.assert_array_equal(np.concatenate([init(a, min(5000, a + 333)) for a in range(0, 5000, 333)]), whole)
+    # A different key, seed or row gives different values; the stream is uniform on [0, 1).
+    assert not np.array_equal(RowInit("uniform", 7, "other", (5000, 7), "float64")(0, 10), whole[:10])
+    assert not np.array_equal(RowInit("uniform", 8, "emb/W", (5000, 7), "float64")(0, 10), whole[:10])
+    u = uniform_at(0, "k", 64, np.arange(4000))
+    assert 0.0 <= u.min() and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.002
+    # Neighbouring elements are uncorrelated (a weak hash would show a lag-1 correlation).
+    flat = u.reshape(-1) - 0.5
+    assert abs(np.mean(flat[1:] * flat[:-1])) / np.var(flat) < 0.02
+
+
+@pytest.mark.parametrize("name", [n for n, f in DISTRIBUTIONS.items() if f is not None])
+def test_every_named_distribution_has_its_documented_spread(name):
+    shape = (4000, 50)
+    w = RowInit(name, 0, "w", shape, "float64")(0, shape[0])
+    want_var = {"uniform": 1 / 50, "normal": 1 / 50, "glorot_uniform": 2 / (4000 + 50), "he_uniform": 2 / 4000}[name]
+    assert w.var() == pytest.approx(want_var, rel=0.05)
+    assert abs(w.mean()) < 0.05 * np.sqrt(want_var)
+
+
+# -- creating lazily -------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lazy_table_reads_as_its_initial_values_and_writes_nothing_at_creation(tmp_path, backend):
+    init = _init((200_000, 32), "float32")
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        ref = init(0, init.shape[0])
+        np.testing.assert_array_equal(s.read("emb/W"), ref)
+        np.testing.assert_array_equal(s.read_rows("emb/W", 150_000, 150_010), ref[150_000:150_010])
+        ids = np.array([5, 199_999, 5, 3])
+        np.testing.assert_array_equal(s.read_index("emb/W", ids), ref[ids])
+    if backend == "memmap":  # the shard files are holes: the 25 MB table takes next to no disk
+        assert disk_bytes(path) < 2**20
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_written_rows_read_back_and_the_others_stay_computed(tmp_path, backend, monkeypatch):
+    init = _init()
+    ref = init(0, 1000)
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        counter = CountingReads(s, monkeypatch)
+        rows = np.array([3, 10, 999])
+        np.testing.assert_array_equal(s.read_index("emb/W", rows), ref[rows])
+        assert counter.rows == 0  # never written: computed, not read
+        ref[rows] = -1.0
+        s.write_index("emb/W", rows, ref[rows])
+        ref[500:520] = 2.0
+        s.write_rows("emb/W", 500, ref[500:520])
+        got = s.read_index("emb/W", np.array([999, 3, 4, 505]))
+        np.testing.assert_array_equal(got, ref[[999, 3, 4, 505]])
+        assert counter.rows == 3  # 999, 3 and 505 come from the file; 4 is computed
+        np.testing.assert_array_equal(s.read("emb/W"), ref)
+        s.commit()
+        ref[10] = 5.0
+        s.write_index("emb/W", [10], ref[[10]])
+    with open_store(path, read_only=True) as s:  # reopened: the written rows are known from the commit
+        np.testing.assert_array_equal(s.read("emb/W"), ref)
+        assert s.verify() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_writes_roll_back_to_the_initial_values(tmp_path, backend):
+    init = _init()
+    ref = init(0, 1000)
+    path = _path(tmp_path, backend)
+    s = open_store(path)
+    s.create("emb/W", init.shape, init.dtype, init)
+    s.write_index("emb/W", [1, 2], np.full((2, 6), 9.0))
+    ref[[1, 2]] = 9.0
+    s.commit()
+    # Since the commit: row 2 rewritten, rows 3 and 700..709 written for the first time.
+    s.write_index("emb/W", [2, 3], np.full((2, 6), -4.0))
+    s.write_rows("emb/W", 700, np.full((10, 6), 8.0))
+    s.mark_failed()  # as after a crash: nothing since the commit may be kept
+    s.close()
+    with open_store(path) as s:
+        np.testing.assert_array_equal(s.read("emb/W"), ref)
+        assert s.verify() == []
+        # The rolled-back first writes hold zeros again, so journaling them later needs no read.
+        raw = np.empty((11, 6))
+        s._read_index("emb/W", np.r_[3, 700:710], raw)
+        assert not raw.any()
+        s.write_index("emb/W", [3], np.ones((1, 6)))
+        ref[3] = 1.0
+    with open_store(path, read_only=True) as s:
+        np.testing.assert_array_equal(s.read("emb/W"), ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_sees_the_committed_rows_while_a_writer_writes_new_ones(tmp_path, backend):
+    init = _init()
+    path = _path(tmp_path, backend)
+    with open_store(path) as w:
+        w.create("emb/W", init.shape, init.dtype, init)
+        w.commit()
+        r = open_store(path, read_only=True)
+        try:
+            w.write_index("emb/W", [0, 999], np.full((2, 6), 3.0))  # first writes, not journaled with data
+            w.flush()
+            np.testing.assert_array_equal(r.read_index("emb/W", [999, 0, 1]), init.at(np.array([999, 0, 1])))
+            w.commit()
+            with pytest.raises(StoreError, match="reopen"):
+                r.read("emb/W")
+        finally:
+            r.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_commit_keeps_one_bitmap_and_rewrites_it_only_when_rows_were_first_written(tmp_path, backend):
+    init = _init()
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        s.commit()
+        first = _bitmaps(path, backend)
+        s.write_index("emb/W", [4], np.ones((1, 6)))
+        s.commit()
+        second = _bitmaps(path, backend)
+        assert len(first) == len(second) == 1 and first != second
+        s.write_index("emb/W", [4], np.zeros((1, 6)))  # a row written before: no new bitmap
+        s.commit()
+        assert _bitmaps(path, backend) == second
+        s.delete("emb/W")
+        s.commit()
+        assert _bitmaps(path, backend) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_damaged_or_missing_bitmap_is_refused_and_orphans_are_removed(tmp_path, backend):
+    init = _init()
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        s.write_index("emb/W", [4], np.ones((1, 6)))
+    (bitmap,) = _bitmaps(path, backend)
+    orphan = bitmap.with_name(bitmap.name.rsplit(".", 1)[0] + ".99")  # as left by a crash before a commit point
+    orphan.write_bytes(b"x")
+    data = bitmap.read_bytes()
+    bitmap.write_bytes(bytes([data[0] ^ 0x40]) + data[1:])
+    with pytest.raises(ChecksumError, match="damaged"):
+        open_store(path)
+    bitmap.unlink()
+    with pytest.raises(StoreFormatError, match="missing"):
+        open_store(path)
+    bitmap.write_bytes(data)
+    with open_store(path) as s:
+        np.testing.assert_array_equal(s.read_index("emb/W", [4, 5]), np.r_[np.ones((1, 6)), init.at(np.array([5]))])
+    assert not orphan.exists() and bitmap.exists()
+
+
+def test_the_ram_store_and_callables_stay_eager(tmp_path):
+    init = _init()
+    with MemoryStore() as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        assert not s._lazy
+        np.testing.assert_array_equal(s.read("emb/W"), init(0, 1000))
+    with open_store(tmp_path / "m") as s:  # a plain callable cannot be recomputed after a reopen
+        s.create("w", (10, 6), "float64", lambda a, b: np.full((b - a, 6), 2.0))
+        assert not s._lazy and disk_bytes(tmp_path / "m") > 0
+
+
+# -- in a model -----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_on_a_lazy_table_matches_ram_and_a_step_reads_only_rows_written_before(tmp_path, backend,
+                                                                                       monkeypatch):
+    V, rng = 5000, np.random.default_rng(3)
+    batches = [([rng.integers(0, V, size=rng.integers(1, 5)).tolist() for _ in range(16)], rng.integers(0, 3, 16))
+               for _ in range(12)]
+
+    def build(store):
+        return oc.Sequential([oc.Embedding(V, 8, activation="tanh"), oc.Dense(8, 3)], store=store, seed=5,
+                             dtype="float64", budget="4MiB" if store is not None else None)
+
+    ram = build(None)
+    disk = build(_path(tmp_path, backend))
+    counter = CountingReads(disk.store, monkeypatch)
+    loss, opt_r, opt_d = oc.SoftmaxCrossEntropy(), oc.Adagrad(lr=0.1), oc.Adagrad(lr=0.1)
+    for X, y in batches:
+        ram.train_step(X, y, loss, opt_r)
+        disk.train_step(X, y, loss, opt_d)
+    # Every table row the steps touched was new to the store, so none was read from a file.
+    # (The cache holds the whole table here: it writes rows back only at the commit.)
+    assert disk.io_stats["row_misses"] > 0 and counter.rows == 0
+    disk.commit()
+    for key in ram.store.keys():
+        np.testing.assert_array_equal(disk.store.read(key), ram.store.read(key))
+    disk.close()
+    again = build(_path(tmp_path, backend))
+    for key in ram.store.keys():
+        np.testing.assert_array_equal(again.store.read(key), ram.store.read(key))
+    again.close()
