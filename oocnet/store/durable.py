@@ -37,6 +37,18 @@ during 1) protected a write that never started, and is ignored.
 Parameters created since the last commit are marked with the generation that
 will commit them; opening drops those the last commit does not cover.
 
+Lazily created parameters (a :class:`~oocnet.store.rowinit.RowInit` given to
+``create``; the memmap store) start as zeros on disk and one bit per row says
+whether the row was written; a row not written reads as its computed initial
+value.  A first write journals the row's zeros without reading them (the
+zeros are certain: files are created so, and a rollback restores them).  A
+commit writes the bitmap of every such parameter that changed to a new file
+named by the new generation (temp file, fsync, rename) *before* the commit
+point, and the record's ``lazy`` section names each file with its crc32 and
+the initializer's spec.  A crash before the commit point leaves an orphan
+bitmap (deleted at the next writable open) and the record still naming the
+old one, which together with the rolled-back rows is exactly the last commit.
+
 Opening also verifies the checksums of every block whose data file changed
 (size or modification time) since the commit record was written -- after a
 rollback, or if something else touched the files -- and refuses a store that

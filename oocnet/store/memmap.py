@@ -93,7 +93,17 @@ offset                     size (bytes)  content
 
 The file is exactly ``10 + HEADER_LEN + rows * row_nbytes`` bytes long.  Shards
 created without initial values are sparse files (``ftruncate``), which read as
-zeros.  On open every shard's header is checked against the manifest (version
+zeros.  A lazily created parameter's shards are such files too: a row
+never written holds zeros and reads (through the store) as its initial value.
+
+Written-row bitmaps
+-------------------
+For each lazily created parameter, ``commit.lazy[key]`` is
+``{"init": spec, "file": name, "crc": crc32}``: ``spec`` rebuilds the
+initializer (:func:`oocnet.store.rowinit.from_spec`), and the file
+``#written.<16 hex digits of the key's blake2b>.<generation>`` in the folder
+holds ``ceil(n_rows / 8)`` bytes, bit ``r % 8`` (least significant first) of
+byte ``r // 8`` set when row ``r`` was written as of that commit.  On open every shard's header is checked against the manifest (version
 1.0, ``descr``, ``fortran_order`` False, ``shape``) and so is its length.
 
 Writing protocol
