@@ -92,9 +92,10 @@ offset                     size (bytes)  content
 =========================  ============  ===============================================
 
 The file is exactly ``10 + HEADER_LEN + rows * row_nbytes`` bytes long.  Shards
-created without initial values are sparse files (``ftruncate``), which read as
-zeros.  A lazily created parameter's shards are such files too: a row
-never written holds zeros and reads (through the store) as its initial value.
+created without initial values are not written: their data region is
+allocated (``posix_fallocate``; a hole where the file system cannot) and reads
+as zeros.  A lazily created parameter's shards are such files too: a row never
+written holds zeros and reads (through the store) as its initial value.
 
 Written-row bitmaps
 -------------------
@@ -239,6 +240,24 @@ def _advise_random(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         except OSError:  # pragma: no cover - advisory only
             pass
+
+
+def _preallocate(fd: int, offset: int, nbytes: int) -> None:
+    """Allocate a zero-filled region's blocks without writing them (``fallocate``: unwritten extents).
+
+    Its rows then read as zeros, as a hole does, but a later row write costs what
+    an overwrite costs: writing 512 bytes into a hole made ext4 reserve and
+    allocate a block on the write path (5.8-9 us a row here, against 3.2 us into
+    allocated blocks), and a full disk is found now, not half-way through
+    training.  Where the file system cannot (``EOPNOTSUPP``), the region stays a hole.
+    """
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, offset, nbytes)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 @dataclass(eq=False)  # identity hashing: shards go into the "written" set
@@ -898,8 +917,9 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                     self._fds[shard.file] = fd
                     _advise_random(fd)
                     self._pwrite(shard, fd, memoryview(header), 0)
-                    # Zeros cost nothing: the data region is a hole until written.
                     os.ftruncate(fd, len(header) + (b - a) * info.row_nbytes)
+                    if init is None:
+                        _preallocate(fd, len(header), (b - a) * info.row_nbytes)
                 except OSError as exc:
                     if isinstance(exc, StoreIOError):
                         raise
