@@ -60,6 +60,19 @@ def test_rows_are_the_same_computed_in_any_order_or_chunking():
     assert abs(np.mean(flat[1:] * flat[:-1])) / np.var(flat) < 0.02
 
 
+def test_rows_wider_than_a_piece_and_concurrent_callers_get_the_same_values():
+    from concurrent.futures import ThreadPoolExecutor
+
+    init = RowInit("normal", 1, "wide", (3000, 700), "float64")  # ~93 rows per piece of the scratch
+    whole = init(0, 3000)
+    ids = [np.random.default_rng(i).permutation(3000)[: 200 + 150 * i] for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(init.at, ids))
+    for i, g in zip(ids, got):
+        np.testing.assert_array_equal(g, whole[i])
+    assert np.isfinite(whole).all()
+
+
 @pytest.mark.parametrize("name", [n for n, f in DISTRIBUTIONS.items() if f is not None])
 def test_every_named_distribution_has_its_documented_spread(name):
     shape = (4000, 50)
