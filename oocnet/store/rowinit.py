@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from typing import Callable
 
 import numpy as np
@@ -34,8 +33,8 @@ from scipy.special import ndtri
 from ..errors import StoreFormatError
 
 SPEC_VERSION = 1
-#: Elements computed per piece by RowInit.at (three buffers of this many 8-byte values).
-_PIECE = 1 << 16
+#: Elements computed per piece by RowInit.at (its temporaries: three arrays of this many 8-byte values).
+_PIECE = 1 << 18
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -152,8 +151,6 @@ class RowInit:
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         self._fn = fn
         self._row_size = int(math.prod(self.shape[1:]))
-        self._scratch: tuple | None = None  # reused between calls (see at())
-        self._scratch_lock = threading.Lock()
 
     @property
     def spec(self) -> dict:
@@ -169,23 +166,16 @@ class RowInit:
             out.fill(self.value)
             return out
         flat = out.reshape(rows.size, self._row_size)
-        # Computed in pieces through buffers kept between calls: fresh temporaries of a few
-        # hundred KiB are page-faulted in on every call (glibc hands them back to the OS),
-        # which cost more than the arithmetic (0.46 against 0.15 ms for 354 rows of 128).
+        # In pieces of at most _PIECE elements: bounded temporaries however many rows are asked for.
         per = max(1, _PIECE // self._row_size)
-        need = min(rows.size, per) * self._row_size
-        with self._scratch_lock:
-            if self._scratch is None or self._scratch[0].size < need:
-                self._scratch = (np.empty(need, np.uint64), np.empty(need, np.uint64), np.empty(need, np.float64))
-            z_all, t_all, u_all = self._scratch
-            for a in range(0, rows.size, per):
-                r = rows[a : a + per]
-                shape = (r.size, self._row_size)
-                z = z_all[: r.size * self._row_size].reshape(shape)
-                u = u_all[: r.size * self._row_size].reshape(shape)
-                _hash_into(self.seed, self.key, self._row_size, r, z, t_all[: z.size].reshape(shape))
-                _to_unit(z, u)
-                flat[a : a + r.size] = self._fn(u, self.shape)
+        for a in range(0, rows.size, per):
+            r = rows[a : a + per]
+            z = np.empty((r.size, self._row_size), dtype=np.uint64)
+            u = np.empty((r.size, self._row_size), dtype=np.float64)
+            _hash_into(self.seed, self.key, self._row_size, r, z, np.empty_like(z))
+            _to_unit(z, u)
+            del z
+            flat[a : a + r.size] = self._fn(u, self.shape)
         return out
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
