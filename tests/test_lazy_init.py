@@ -13,7 +13,7 @@ from oocnet.store import MemoryStore, open_store
 from oocnet.store.files import disk_bytes, store_files
 from oocnet.store.rowinit import DISTRIBUTIONS, RowInit, uniform_at
 
-BACKENDS = ["memmap"]  # HDF5 writes initial values at creation (see HDF5Store.lazy_init)
+BACKENDS = ["memmap", "hdf5"]
 
 
 def _path(tmp_path, backend, name="s"):
@@ -89,7 +89,8 @@ def test_a_lazy_table_reads_as_its_initial_values_and_writes_nothing_at_creation
     path = _path(tmp_path, backend)
     with open_store(path) as s:
         written = []
-        monkeypatch.setattr(s, "_pwrite", lambda shard, fd, buf, offset: written.append(len(buf)))
+        raw = s._rawio if backend == "hdf5" else s  # the row writer (HDF5: beside the library's own IO)
+        monkeypatch.setattr(raw, "_pwrite", lambda shard, fd, buf, offset: written.append(len(buf)))
         s.create("emb/W", init.shape, init.dtype, init)
         monkeypatch.undo()
         assert sum(written) < 1024  # the shards' .npy headers, not 25 MB of rows
@@ -217,13 +218,9 @@ def test_a_damaged_or_missing_bitmap_is_refused_and_orphans_are_removed(tmp_path
     assert not orphan.exists() and bitmap.exists()
 
 
-def test_the_ram_store_hdf5_and_callables_stay_eager(tmp_path):
+def test_the_ram_store_and_callables_stay_eager(tmp_path):
     init = _init()
     with MemoryStore() as s:
-        s.create("emb/W", init.shape, init.dtype, init)
-        assert not s._lazy
-        np.testing.assert_array_equal(s.read("emb/W"), init(0, 1000))
-    with open_store(tmp_path / "s.h5") as s:
         s.create("emb/W", init.shape, init.dtype, init)
         assert not s._lazy
         np.testing.assert_array_equal(s.read("emb/W"), init(0, 1000))
@@ -262,3 +259,28 @@ def test_training_on_a_lazy_table_matches_ram_and_a_step_reads_only_rows_written
     for key in ram.store.keys():
         np.testing.assert_array_equal(again.store.read(key), ram.store.read(key))
     again.close()
+
+
+@pytest.mark.parametrize("can_zero", [True, False])
+def test_hdf5_zeros_are_made_without_hdf5s_fill_even_over_reused_space(tmp_path, monkeypatch, can_zero):
+    import h5py
+
+    from oocnet.store import hdf5 as h5store
+
+    if not can_zero:  # a file system without fallocate: zeros are written through the raw path
+        monkeypatch.setattr(h5store, "zero_region", lambda fd, offset, nbytes: False)
+    with open_store(tmp_path / "z.h5") as s:
+        s.create("a", (4000, 16), "float64", np.full((4000, 16), 7.0))
+        s.commit()
+        s.delete("a")
+        s.commit()  # "a"'s space is free; HDF5 may hand it to the next dataset
+        s.create("b", (4000, 16), "float64")
+        s.create("emb/W", (3000, 16), "float64", _init((3000, 16), key="emb/W"))
+        for key in ("b", "emb/W"):
+            assert s._ds[key].id.get_create_plist().get_fill_time() == h5py.h5d.FILL_TIME_NEVER
+            raw = np.empty((s.info(key).n_rows, 16))
+            s._read_rows(key, 0, raw.shape[0], raw)  # the bytes on disk, not what the store computes
+            assert not raw.any()
+        np.testing.assert_array_equal(s.read("b"), 0.0)
+    with open_store(tmp_path / "z.h5", read_only=True) as s:
+        assert s.verify() == []

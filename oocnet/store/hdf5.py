@@ -32,8 +32,10 @@ Each parameter is a dataset:
   float16, float32, float64, int32, int64 or uint8, written little-endian;
 * chunked along rows: chunk shape ``(min(n_rows, max(1, chunk_bytes //
   row_nbytes)), d1, ...)`` -- whole rows, so a row range touches few chunks;
-  no compression or other filters; fill value 0 (rows never written read as
-  zeros and occupy no space);
+  no compression or other filters; fill value 0.  A dataset created without
+  initial values has fill time "never": HDF5 does not write its zeros;
+  oocnet makes the chunks' bytes read as zeros with ``fallocate`` (or writes
+  them where the OS cannot);
 * allocated early (all chunks exist from creation) and without timestamps, so
   that writing rows never changes HDF5 metadata;
 * attribute ``oocnet_key`` (variable-length string, the parameter key; it is
@@ -47,7 +49,11 @@ Beside the file
 "metadata", "time", "checksums": {key: [u64]}, "stamps": {file: [size,
 mtime_ns]}}`` -- one checksum per dataset (:mod:`oocnet.store.checksum`),
 replaced atomically at each commit.  It lives outside the HDF5 file so that a
-commit never rewrites HDF5 metadata.  ``<file>.journal``: the rollback journal
+commit never rewrites HDF5 metadata.  A lazily created parameter (rows never
+written are computed from their initializer) adds ``"lazy": {key: {"init":
+spec, "file": name, "crc": crc32}}``; the file
+``<file>.written.<16 hex digits>.<generation>`` beside it holds one bit per row
+(see :mod:`oocnet.store.durable` and the memmap store's format).  ``<file>.journal``: the rollback journal
 between a write and the next commit.  ``<file>.lock``: the writer lock, holding
 the writer's pid.
 
@@ -115,7 +121,7 @@ from h5py import h5s
 
 from ..errors import ConfigError, OocnetError, StoreError, StoreFormatError, StoreIOError
 from .durable import DurableStore, acquire_lock, write_atomic
-from .memmap import _PIECE_BYTES, _RWF_NOWAIT, RowFileIO, _advise_random, _Param, _Shard
+from .memmap import _PIECE_BYTES, _RWF_NOWAIT, RowFileIO, _advise_random, _Param, _Shard, zero_region
 from .base import (
     ParamInfo,
     RowInitializer,
@@ -306,10 +312,6 @@ class HDF5Store(DurableStore, Store):
     backend = "hdf5"
     persistent = True
     zero_copy = False
-    # Not lazily: HDF5 writes a new dataset's fill value itself, in large writes, so the kernel
-    # caches the file in large pages and every later 512-byte row write dirties megabytes (a
-    # V = 10^7 sparse step took 17 ms instead of 7). Initial values are written page by page.
-    lazy_init = False
 
     def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  verify: bool = True, allow_corrupt: bool = False) -> None:
@@ -716,6 +718,11 @@ class HDF5Store(DurableStore, Store):
                     # the file's structure (the journal restores the rows).
                     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
                     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                    # Zeros: not written by HDF5 (in large writes, which also left the file in
+                    # large cached pages) but made by _zero_fill below.
+                    unfilled = init is None and self._rawio is not None
+                    if unfilled:
+                        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
                     ds = f.create_dataset(
                         path,
                         shape=info.shape,
@@ -726,7 +733,11 @@ class HDF5Store(DurableStore, Store):
                         dcpl=dcpl,
                     )
                     ds.attrs["oocnet_key"] = info.key
+                    if unfilled:
+                        self._file.flush()  # the file now spans the new chunks
                     layout = None if self._rawio is None else self._probe_layout(info, ds)
+                if unfilled:
+                    self._zero_fill(info, ds, layout)
                 if init is not None:
                     for a, b in chunk_rows(info):  # ~16 MiB of rows in RAM at a time
                         value = init(a, b)  # the caller's errors propagate unwrapped
@@ -749,6 +760,26 @@ class HDF5Store(DurableStore, Store):
         self._ds[info.key] = ds
         self._raw[info.key] = layout
         self._written.add(info.key)  # its checksum is recorded at the next flush
+
+    def _zero_fill(self, info: ParamInfo, ds, layout: _Param | None) -> None:
+        """Make a dataset created without a fill value read as zeros.
+
+        Its chunks' byte ranges are zeroed with ``fallocate`` (unwritten extents or holes:
+        nothing is written, and a later row write needs no read from the disk); where
+        the OS cannot, zeros are written -- page by page through the raw path, so that
+        the kernel caches them in single pages.
+        """
+        with self._guard("zeroing"):
+            if layout is not None:
+                fd = self._rawio.fd
+                if all(zero_region(fd, sh.offset, (sh.stop - sh.start) * info.row_nbytes) for sh in layout.shards):
+                    return
+            for a, b in chunk_rows(info):
+                value = np.zeros((b - a, *info.row_shape), dtype=info.dtype)
+                if layout is not None:
+                    self._rawio.write(self._rawio._range_ops(layout, a, b), value)
+                else:
+                    _Hyperslab(ds, value).write(0, a, b - a)
 
     def _uncache(self, info: ParamInfo, layout: _Param) -> None:
         """Drop a new dataset's pages from the page cache, so that they come back page-sized.

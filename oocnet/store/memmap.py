@@ -260,6 +260,39 @@ def _preallocate(fd: int, offset: int, nbytes: int) -> None:
             raise
 
 
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, _FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+_libc_fallocate = None
+
+
+def zero_region(fd: int, offset: int, nbytes: int) -> bool:
+    """Make ``nbytes`` at ``offset`` read as zeros without writing them; False where the OS cannot.
+
+    ``fallocate(FALLOC_FL_ZERO_RANGE)`` turns the range into allocated, unwritten
+    extents (ext4, XFS); else a hole is punched.  Unlike zeros written out, a
+    later 512-byte row write there needs no read of its 4 KiB block from the disk.
+    """
+    global _libc_fallocate
+    if nbytes <= 0:
+        return True
+    if _libc_fallocate is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            _libc_fallocate = fn
+        except (OSError, AttributeError):  # not Linux/glibc
+            _libc_fallocate = False
+    if not _libc_fallocate:
+        return False
+    for mode in (_FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE):
+        if _libc_fallocate(fd, mode, offset, nbytes) == 0:
+            return True
+    return False
+
+
 @dataclass(eq=False)  # identity hashing: shards go into the "written" set
 class _Shard:
     file: str
