@@ -450,7 +450,7 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
         for key in sorted(store.keys()):
             info = store.info(key)
             params.append({"key": key, "shape": list(info.shape), "dtype": info.dtype.name, "bytes": info.nbytes,
-                           "state": ":" in key})
+                           "state": ":" in key, "rows_written": store.rows_written(key)})
         out["parameters"] = params
         out["param_bytes"] = sum(x["bytes"] for x in params if not x["state"])
         out["state_bytes"] = sum(x["bytes"] for x in params if x["state"])
@@ -488,13 +488,17 @@ def format_inspect(info: dict) -> str:
             lines.append("verify     failed: the store cannot be opened (see above)")
         return "\n".join(lines)
     rows = [(x["key"], "(" + ", ".join(map(str, x["shape"])) + ("," if len(x["shape"]) == 1 else "") + ")",
-             x["dtype"], format_bytes(x["bytes"])) for x in info["parameters"]]
+             x["dtype"], format_bytes(x["bytes"]),
+             "" if x.get("rows_written") is None else f"{x['rows_written']:,} of {x['shape'][0]:,}")
+            for x in info["parameters"]]
     w = max([len("parameter")] + [len(r[0]) for r in rows]) + 2
     ws = max([len("shape")] + [len(r[1]) for r in rows]) + 2
     lines.append("")
-    lines.append(f"{'parameter':<{w}}{'shape':<{ws}}{'dtype':<10}{'bytes':>12}")
+    lines.append(f"{'parameter':<{w}}{'shape':<{ws}}{'dtype':<10}{'bytes':>12}  rows written")
     for r in rows:
-        lines.append(f"{r[0]:<{w}}{r[1]:<{ws}}{r[2]:<10}{r[3]:>12}")
+        lines.append(f"{r[0]:<{w}}{r[1]:<{ws}}{r[2]:<10}{r[3]:>12}  {r[4] or 'all'}")
+    if any(r[4] for r in rows):
+        lines.append("           (a table created lazily: rows not written yet read as their initial values)")
     lines.append(f"total      {format_bytes(info['param_bytes'])} of parameters, {format_bytes(info['state_bytes'])} "
                  f"of optimizer state")
     if "verify" in info:

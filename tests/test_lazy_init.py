@@ -123,9 +123,10 @@ def test_written_rows_read_back_and_the_others_stay_computed(tmp_path, backend, 
         s.commit()
         ref[10] = 5.0
         s.write_index("emb/W", [10], ref[[10]])
+        assert s.rows_written("emb/W") == 23
     with open_store(path, read_only=True) as s:  # reopened: the written rows are known from the commit
         np.testing.assert_array_equal(s.read("emb/W"), ref)
-        assert s.verify() == []
+        assert s.verify() == [] and s.rows_written("emb/W") == 23
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -284,3 +285,15 @@ def test_hdf5_zeros_are_made_without_hdf5s_fill_even_over_reused_space(tmp_path,
         np.testing.assert_array_equal(s.read("b"), 0.0)
     with open_store(tmp_path / "z.h5", read_only=True) as s:
         assert s.verify() == []
+
+
+def test_inspect_shows_how_many_rows_of_a_lazy_table_were_written(tmp_path):
+    from oocnet.run import format_inspect, inspect_store
+
+    model = oc.Sequential([oc.Embedding(5000, 4), oc.Dense(4, 2)], store=tmp_path / "p", seed=0)
+    model.train_step([[1, 2, 2], [4000]], [0, 1], oc.SoftmaxCrossEntropy(), oc.SGD(lr=0.1))
+    model.close()
+    info = inspect_store(tmp_path / "p", verify=True)
+    by_key = {p["key"]: p for p in info["parameters"]}
+    assert by_key["embedding_0/W"]["rows_written"] == 3 and by_key["dense_1/W"]["rows_written"] is None
+    assert "3 of 5,000" in format_inspect(info) and info["verify"]["ok"]

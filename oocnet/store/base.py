@@ -411,6 +411,15 @@ class Store(abc.ABC):
         self._after_create(info.key)
         return info
 
+    def rows_written(self, key: str) -> int | None:
+        """How many rows of a lazily created parameter have been written; None if it was not created lazily.
+
+        The other rows read as their computed initial values (see :meth:`create`).
+        """
+        self._checked_info(key)
+        lazy = self._lazy.get(key)
+        return None if lazy is None else lazy.n_written
+
     def keys(self) -> list[str]:
         """Sorted list of parameter keys."""
         self._check_open()
