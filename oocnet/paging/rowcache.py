@@ -23,10 +23,33 @@ are allocated once, so a step allocates nothing table-sized.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from ..store.base import Store
 from .idtable import IdTable
+
+
+def _resident_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array whose pages are made resident now, in one system call.
+
+    The cache fills a few hundred fresh slots a step for its first thousands of
+    steps; each new page was a page fault in the step (~10 us each on the
+    project's VM: 0.4 ms a step at V = 10^6).  ``MAP_POPULATE`` maps every page up
+    front -- 0.08 s for 200 MB, against 0.5 s of faults one page at a time.  The
+    cache's bytes are its share of the budget either way.  Elsewhere: ``np.empty``.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or nbytes < (1 << 20):
+        return np.empty(shape, dtype=dtype)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, ValueError):
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)  # the array keeps the map alive
 
 
 class RowCache:
@@ -46,8 +69,7 @@ class RowCache:
         info = store.info(key)
         self.store, self.key = store, key
         self.capacity = int(max(1, min(capacity, info.n_rows)))
-        # np.empty: pages become resident only as slots are first used.
-        self.data = np.empty((self.capacity, *info.row_shape), dtype=info.dtype)
+        self.data = _resident_empty((self.capacity, *info.row_shape), info.dtype)
         self.row_of_slot = np.full(self.capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(self.capacity, dtype=bool)
         self.ref = np.zeros(self.capacity, dtype=bool)
