@@ -7,12 +7,14 @@ nobody has written yet are *computed* when read (see ``lazy`` in
 row ``r`` to be a function of ``(seed, key, r, j)`` alone, cheap to evaluate
 for a scattered set of rows.  Each element is one SplitMix64 output::
 
-    u(r, j) = mix(k + (r * row_size + j + 1) * golden) / 2**64      (mod 2**64)
+    w(r, i) = mix(k + (r * ceil(row_size / 2) + i + 1) * golden)      (mod 2**64)
+    u(r, j) = (half j % 2 of w(r, j // 2) + 1/2) / 2**32
 
 where ``k`` is a 64-bit hash of ``(seed, key)``, ``golden`` the 64-bit golden
-ratio and ``mix`` SplitMix64's finaliser -- the same sequence SplitMix64
-generates, addressed directly by position.  Computing 675 scattered rows of 128
-values costs ~0.2 ms in numpy; a ``pread`` of each would cost ~2 us a row.
+ratio, ``mix`` SplitMix64's finaliser (so ``w`` is the sequence SplitMix64
+generates, addressed directly by position) and the low half comes first.  Each
+64-bit output gives two 32-bit uniforms: computing 675 scattered rows of 128
+values costs ~0.1 ms in numpy; a ``pread`` of each would cost ~2 us a row.
 
 A :class:`RowInit` is what a store is given: call it with ``(start, stop)`` for
 a row range, :meth:`RowInit.at` for a set of rows, and :attr:`RowInit.spec` is
@@ -46,11 +48,13 @@ def _stream_key(seed: int, key: str) -> np.uint64:
     return np.uint64(int.from_bytes(digest, "little"))
 
 
-def _hash_into(seed: int, key: str, row_size: int, rows: np.ndarray, z: np.ndarray, t: np.ndarray) -> None:
-    """SplitMix64 outputs of the elements of rows ``rows`` into ``z`` (uint64, ``(len(rows), row_size)``)."""
-    np.multiply(rows.astype(np.uint64)[:, None], np.uint64(row_size), out=z)
+def _hashes(seed: int, key: str, words: int, rows: np.ndarray) -> np.ndarray:
+    """SplitMix64 outputs ``(len(rows), words)`` (uint64): word ``w`` of row ``r`` is output ``r * words + w + 1``."""
+    z = np.empty((rows.size, words), dtype=np.uint64)
+    np.multiply(rows.astype(np.uint64)[:, None], np.uint64(words), out=z)
+    t = np.empty_like(z)
     with np.errstate(over="ignore"):
-        z += np.arange(1, row_size + 1, dtype=np.uint64)
+        z += np.arange(1, words + 1, dtype=np.uint64)
         z *= _GOLDEN
         z += _stream_key(seed, key)
         for shift, mult in ((30, _M1), (27, _M2), (31, None)):
@@ -58,21 +62,22 @@ def _hash_into(seed: int, key: str, row_size: int, rows: np.ndarray, z: np.ndarr
             z ^= t
             if mult is not None:
                 z *= mult
-
-
-def _to_unit(z: np.ndarray, u: np.ndarray) -> None:
-    """The top 53 bits of ``z`` as U[0, 1) float64 values into ``u``."""
-    z >>= np.uint64(11)  # exactly representable, in [0, 1) after the scale
-    np.multiply(z, 2.0**-53, out=u, casting="unsafe")
+    return z
 
 
 def uniform_at(seed: int, key: str, row_size: int, rows: np.ndarray) -> np.ndarray:
-    """U[0, 1) float64 values, shape ``(len(rows), row_size)``, of rows ``rows`` of parameter ``key``."""
+    """U(0, 1) float64 values, shape ``(len(rows), row_size)``, of rows ``rows`` of parameter ``key``.
+
+    Element ``j`` is half ``j % 2`` (low 32 bits first) of word ``j // 2``:
+    ``u = (half + 0.5) / 2**32``, never exactly 0 or 1.
+    """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    z = np.empty((rows.size, row_size), dtype=np.uint64)
+    words = (row_size + 1) // 2
+    z = _hashes(seed, key, words, rows).astype("<u8", copy=False)  # little-endian: the low half first
+    halves = z.view("<u4").reshape(rows.size, 2 * words)[:, :row_size]
     u = np.empty((rows.size, row_size), dtype=np.float64)
-    _hash_into(seed, key, row_size, rows, z, np.empty_like(z))
-    _to_unit(z, u)
+    np.add(halves, 0.5, out=u, casting="unsafe")
+    u *= 2.0**-32
     return u
 
 
@@ -170,12 +175,7 @@ class RowInit:
         per = max(1, _PIECE // self._row_size)
         for a in range(0, rows.size, per):
             r = rows[a : a + per]
-            z = np.empty((r.size, self._row_size), dtype=np.uint64)
-            u = np.empty((r.size, self._row_size), dtype=np.float64)
-            _hash_into(self.seed, self.key, self._row_size, r, z, np.empty_like(z))
-            _to_unit(z, u)
-            del z
-            flat[a : a + r.size] = self._fn(u, self.shape)
+            flat[a : a + r.size] = self._fn(uniform_at(self.seed, self.key, self._row_size, r), self.shape)
         return out
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
