@@ -297,3 +297,50 @@ def test_inspect_shows_how_many_rows_of_a_lazy_table_were_written(tmp_path):
     by_key = {p["key"]: p for p in info["parameters"]}
     assert by_key["embedding_0/W"]["rows_written"] == 3 and by_key["dense_1/W"]["rows_written"] is None
     assert "3 of 5,000" in format_inspect(info) and info["verify"]["ok"]
+
+
+# -- zero records in the journal --------------------------------------------------------------
+def test_a_zero_record_round_trips_and_a_torn_one_is_skipped(tmp_path):
+    from oocnet.store import journal as jr
+
+    path = tmp_path / "j"
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        j = jr.Journal(path, 3, dir_fd)
+        j.append("w", np.array([5, 9]), np.full((2, 4), 2.5))
+        j.append("w", np.array([1, 7, 8]), None, 32)  # rows of 4 float64 that were zeros
+        j.close()
+    finally:
+        os.close(dir_fd)
+    recs = jr.scan(path, lambda key: 32)
+    assert [r.zeros for r in recs] == [False, True] and recs[1].ids.tolist() == [1, 7, 8]
+    assert jr.read_rows(path, recs[1], 0, 3) == bytes(96)
+    assert np.frombuffer(jr.read_rows(path, recs[0], 0, 2)).tolist() == [2.5] * 8
+    # The zero record stores no rows: 32 + 1 + 24 + 4 bytes.
+    assert os.path.getsize(path) - recs[1].offset + 24 == 24 + 4
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # torn inside the last record: it protected a write that never started
+    assert len(jr.scan(path, lambda key: 32)) == 1
+    # A version-1 journal (no zero records) is still read.
+    import zlib
+
+    head = jr._HEAD.pack(b"OOCJNL\x00\x01", 3, 0, 0, 0)
+    path.write_bytes(jr._HEAD.pack(b"OOCJNL\x00\x01", 3, 0, zlib.crc32(head[:24]), 0))
+    assert jr.read_base_generation(path) == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_writes_of_a_lazy_table_journal_ids_not_rows(tmp_path, backend):
+    init = _init((100_000, 128), "float32")
+    with open_store(_path(tmp_path, backend)) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        s.commit()
+        rows = np.arange(0, 100_000, 50)
+        s.write_index("emb/W", rows, np.ones((rows.size, 128), np.float32))
+        assert s.journal_bytes < rows.size * 16 + 4096  # not rows.size * 512
+        s.write_index("emb/W", rows[:10], np.zeros((10, 128), np.float32))  # journaled already: nothing more
+        s.write_index("emb/W", np.array([1]), np.zeros((1, 128), np.float32))
+        s.mark_failed()
+    with open_store(_path(tmp_path, backend)) as s:
+        np.testing.assert_array_equal(s.read_index("emb/W", [0, 1, 50]), init.at(np.array([0, 1, 50])))
+        assert s.verify() == []

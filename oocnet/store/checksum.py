@@ -76,6 +76,13 @@ def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 20) -> int:
     return int(total)
 
 
+def zero_rows_sum_at(rows: np.ndarray) -> int:
+    """Sum (mod 2**64) of the hashes of the rows ``rows`` whose bytes are all zero."""
+    with np.errstate(over="ignore"):
+        r = np.asarray(rows, dtype=np.uint64) + np.uint64(1)
+        return int(_mix(r * _ROW).sum(dtype=np.uint64))
+
+
 def block_sum(block: np.ndarray, first_row: int) -> int:
     """Sum (mod 2**64) of the row hashes of ``block``."""
     return int(row_hashes(block, first_row).sum(dtype=np.uint64))

@@ -40,8 +40,9 @@ will commit them; opening drops those the last commit does not cover.
 Lazily created parameters (a :class:`~oocnet.store.rowinit.RowInit` given to
 ``create``; the memmap store) start as zeros on disk and one bit per row says
 whether the row was written; a row not written reads as its computed initial
-value.  A first write journals the row's zeros without reading them (the
-zeros are certain: files are created so, and a rollback restores them).  A
+value.  A first write journals the row as a *zero record* (its id only,
+:mod:`oocnet.store.journal`) without reading it: its bytes are certainly zeros
+(files are created so, and a rollback restores the zeros).  A
 commit writes the bitmap of every such parameter that changed to a new file
 named by the new generation (temp file, fsync, rename) *before* the commit
 point, and the record's ``lazy`` section names each file with its crc32 and
@@ -499,40 +500,35 @@ class DurableStore:
         delta = dict(self._hash_delta.get(key, {}))
         step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
         try:
+            lazy = self._lazy.get(key)
             for a in range(0, new.size, step):
                 ids_p = new[a : a + step]
-                old = self._committed_image(key, ids_p, info)
-                self._journal.append(key, ids_p, old)
-                at("journal:appended")
-                blk = np.searchsorted(starts, ids_p, side="right") - 1
-                for j in np.unique(blk).tolist():
-                    sel = blk == j
-                    delta[j] = ck.sub(delta.get(j, 0), ck.sum_at(old[sel], ids_p[sel]))
+                # A lazy table's rows never written hold zeros -- files are created so, and a
+                # rollback restores them -- so their ids alone are journaled, in a zero record.
+                written = None if lazy is None or lazy.complete else lazy.written(ids_p)
+                parts = [(ids_p, True)] if written is None else [(ids_p[written], True), (ids_p[~written], False)]
+                for ids_q, stored in parts:
+                    if ids_q.size == 0:
+                        continue
+                    if stored:
+                        old = np.empty((ids_q.size, *info.row_shape), dtype=info.dtype)
+                        self._read_index(key, ids_q, old)
+                        self._journal.append(key, ids_q, old)
+                    else:
+                        old = None
+                        self._journal.append(key, ids_q, None, info.row_nbytes)
+                    at("journal:appended")
+                    blk = np.searchsorted(starts, ids_q, side="right") - 1
+                    for j in np.unique(blk).tolist():
+                        sel = blk == j
+                        gone = ck.zero_rows_sum_at(ids_q[sel]) if old is None else ck.sum_at(old[sel], ids_q[sel])
+                        delta[j] = ck.sub(delta.get(j, 0), gone)
         except BaseException:
             if self._journal.broken:
                 self._failed = True  # a torn record stays in the journal: nothing may be written on
             raise
         self._hash_delta[key] = delta
         self._journaled[key] = new.copy() if done is None else np.insert(done, np.searchsorted(done, new), new)
-
-    def _committed_image(self, key: str, ids: np.ndarray, info) -> np.ndarray:
-        """The bytes rows ``ids`` (sorted) hold on disk now, which the journal keeps before they change.
-
-        A lazily created parameter's rows never written hold zeros (its files start
-        as zeros, and a rollback restores the zeros journaled here): those are not read.
-        """
-        old = np.empty((ids.size, *info.row_shape), dtype=info.dtype)
-        lazy = self._lazy.get(key)
-        written = None if lazy is None or lazy.complete else lazy.written(ids)
-        if written is None or written.all():
-            self._read_index(key, ids, old)
-            return old
-        old[~written] = 0
-        if written.any():
-            tmp = np.empty((int(np.count_nonzero(written)), *info.row_shape), dtype=info.dtype)
-            self._read_index(key, ids[written], tmp)
-            old[written] = tmp
-        return old
 
     def _after_create(self, key: str) -> None:
         self._uncommitted.add(key)

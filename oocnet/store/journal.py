@@ -1,12 +1,13 @@
 """The rollback journal: old images of rows, written before the rows are overwritten.
 
-Format, version 1 (all integers little-endian)
+Format, version 2 (all integers little-endian)
 ==============================================
 
 A journal file starts with a 32-byte header::
 
     offset  size  field
-    0       8     magic b"OOCJNL\\x00\\x01"
+    0       8     magic b"OOCJNL\\x00\\x02" (version 1, b"OOCJNL\\x00\\x01", is read too:
+                  it is version 2 without zero records)
     8       8     base generation (u64): the commit this journal rolls back to
     16      8     reserved, 0
     24      4     crc32 of bytes 0..24
@@ -18,12 +19,18 @@ then records, each::
     4       4     key length K (u32)
     8       8     row count N (u64)
     16      8     row bytes R (u64)
-    24      4     reserved, 0
+    24      4     flags (u32): bit 0 set = a *zero record*, whose rows were all
+                  zero bytes at the base commit and are not stored; other bits 0
     28      4     crc32 of bytes 0..28 of this record
     32      K     the parameter key, UTF-8
     32+K    8N    row ids (u64)
-    ..      N*R   the rows' bytes as they were at the base commit (C order)
+    ..      N*R   the rows' bytes as they were at the base commit (C order);
+                  absent in a zero record
     ..      4     crc32 of the key, ids and rows
+
+Zero records keep the first writes of a lazily created table's rows (whose
+bytes on disk are known zeros, see :mod:`oocnet.store.durable`) at 8 bytes a
+row instead of a row's size.
 
 Protocol
 ========
@@ -56,7 +63,9 @@ import numpy as np
 
 from ..errors import StoreFormatError, StoreIOError
 
-MAGIC = b"OOCJNL\x00\x01"
+MAGIC = b"OOCJNL\x00\x02"
+_MAGICS = (MAGIC, b"OOCJNL\x00\x01")  # version 1: no zero records
+ZEROS = 1  # record flag: the rows were zeros (not stored)
 REC = b"JREC"
 _HEAD = struct.Struct("<8sQQII")  # magic, base generation, reserved, crc, reserved
 _RHEAD = struct.Struct("<4sIQQII")  # magic, key length, rows, row bytes, reserved, crc
@@ -109,18 +118,23 @@ class Journal:
         while view:
             view = view[os.write(self.fd, view):]
 
-    def append(self, key: str, rows: np.ndarray, values: np.ndarray) -> None:
-        """Record the current bytes ``values`` of rows ``rows`` of ``key``, durably (fsync)."""
+    def append(self, key: str, rows: np.ndarray, values: np.ndarray | None, row_nbytes: int | None = None) -> None:
+        """Record the current bytes ``values`` of rows ``rows`` of ``key``, durably (fsync).
+
+        With ``values`` None the rows' bytes are all zeros (``row_nbytes`` each), recorded
+        as a zero record: their ids only.
+        """
         if self.broken:
             raise StoreIOError(f"the journal {self.path} holds a torn record that could not be cut off; "
                                f"close the store and reopen it (it rolls back to the last commit).")
         kb = key.encode("utf-8")
         ids = np.ascontiguousarray(rows, dtype="<u8")
-        data = np.ascontiguousarray(values)
         n = ids.size
-        row_bytes = data.nbytes // n if n else 0
-        head = _RHEAD.pack(REC, len(kb), n, row_bytes, 0, 0)
-        head = _RHEAD.pack(REC, len(kb), n, row_bytes, 0, zlib.crc32(head[:28]))
+        flags = ZEROS if values is None else 0
+        data = np.zeros(0, np.uint8) if values is None else np.ascontiguousarray(values)
+        row_bytes = int(row_nbytes) if values is None else (data.nbytes // n if n else 0)
+        head = _RHEAD.pack(REC, len(kb), n, row_bytes, flags, 0)
+        head = _RHEAD.pack(REC, len(kb), n, row_bytes, flags, zlib.crc32(head[:28]))
         crc = zlib.crc32(kb)
         crc = zlib.crc32(memoryview(ids).cast("B"), crc)
         crc = zlib.crc32(memoryview(data.reshape(-1)).cast("B"), crc)
@@ -178,7 +192,7 @@ def read_base_generation(path: Path) -> int | None:
     if len(head) < _HEAD.size:
         return None  # torn while being created: nothing was written under its protection
     magic, base, _, crc, _ = _HEAD.unpack(head)
-    if magic != MAGIC:
+    if magic not in _MAGICS:
         raise StoreFormatError(f"journal {path}: expected magic {MAGIC!r}, got {magic!r}.")
     if crc != zlib.crc32(head[:24]):
         raise StoreFormatError(f"journal {path}: header checksum mismatch (the journal is corrupt).")
@@ -193,6 +207,7 @@ class Record:
     ids: np.ndarray
     offset: int
     row_nbytes: int
+    zeros: bool = False  # a zero record: the old bytes are zeros, not stored
 
 
 def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = None,
@@ -219,16 +234,18 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = 
             head = f.read(_RHEAD.size)
             if len(head) < _RHEAD.size:
                 break  # torn record header
-            magic, klen, n, rb, _, hcrc = _RHEAD.unpack(head)
-            if magic != REC or hcrc != zlib.crc32(head[:28]):
+            magic, klen, n, rb, flags, hcrc = _RHEAD.unpack(head)
+            if magic != REC or hcrc != zlib.crc32(head[:28]) or flags & ~ZEROS:
                 raise StoreFormatError(f"journal {path}: record at byte {pos} is corrupt (bad header).")
-            end = pos + _RHEAD.size + klen + 8 * n + n * rb + 4
+            zeros = bool(flags & ZEROS)
+            stored = 0 if zeros else n * rb
+            end = pos + _RHEAD.size + klen + 8 * n + stored + 4
             if end > size:
                 break  # torn: the data write it protected never started
             kb = f.read(klen)
             idb = f.read(8 * n)
             crc = zlib.crc32(idb, zlib.crc32(kb))
-            left = n * rb
+            left = stored
             while left:
                 piece = f.read(min(chunk, left))
                 crc = zlib.crc32(piece, crc)
@@ -244,7 +261,7 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = 
                     f"{'no such parameter' if expected is None else f'rows of {expected} bytes'}."
                 )
             out.append(Record(key, np.frombuffer(idb, dtype="<u8").astype(np.int64), pos + _RHEAD.size + klen + 8 * n,
-                              rb))
+                              rb, zeros))
             pos = end
     if end_out is not None:
         end_out.append(pos)
@@ -253,6 +270,8 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = 
 
 def read_rows(path: Path, record: Record, start: int, stop: int) -> bytes:
     """The old bytes of rows ``record.ids[start:stop]``."""
+    if record.zeros:
+        return bytes((stop - start) * record.row_nbytes)
     try:
         with open(path, "rb") as f:
             f.seek(record.offset + start * record.row_nbytes)
