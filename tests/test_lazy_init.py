@@ -344,3 +344,116 @@ def test_first_writes_of_a_lazy_table_journal_ids_not_rows(tmp_path, backend):
     with open_store(_path(tmp_path, backend)) as s:
         np.testing.assert_array_equal(s.read_index("emb/W", [0, 1, 50]), init.at(np.array([0, 1, 50])))
         assert s.verify() == []
+
+
+# -- the commit record's lazy section, checked ----------------------------------------------------
+def _record_file(path, backend):
+    return path.with_name(path.name + ".commit.json") if backend == "hdf5" else path / "manifest.json"
+
+
+def _edit_record(path, backend, edit):
+    import json
+
+    f = _record_file(path, backend)
+    doc = json.loads(f.read_text())
+    edit(doc if backend == "hdf5" else doc["commit"])
+    f.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_record_that_lost_or_altered_its_lazy_section_is_refused(tmp_path, backend):
+    init = _init()
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+        s.write_index("emb/W", [4], np.ones((1, 6)))
+    saved = _record_file(path, backend).read_text()
+
+    def restore():
+        _record_file(path, backend).write_text(saved)
+
+    cases = [
+        (lambda r: r.pop("lazy"), StoreFormatError, "no bitmap"),  # the rows could not be told from zeros
+        (lambda r: r["lazy"]["emb/W"]["init"].update(key="other"), ChecksumError, "damaged"),  # other values
+        (lambda r: r["lazy"]["emb/W"]["init"].update(version=1), StoreFormatError, "recreate it"),
+        (lambda r: r["lazy"]["emb/W"].update(file="../../etc/hostname"), StoreFormatError, "file name"),
+        (lambda r: r["lazy"]["emb/W"].update(file="#written.\x00"), StoreFormatError, "file name"),
+        (lambda r: r["lazy"]["emb/W"].update(crc="7"), StoreFormatError, "crc"),
+    ]
+    for edit, error, match in cases:
+        _edit_record(path, backend, edit)
+        with pytest.raises(error, match=match):
+            open_store(path, read_only=True)
+        restore()
+    # A spec written by a development version (other numbers): its crc matches, its version does not.
+    def old_spec(r):
+        from oocnet.store.durable import _lazy_crc
+
+        entry = r["lazy"]["emb/W"]
+        entry["init"]["version"] = 1
+        folder = path if backend == "memmap" else path.parent
+        entry["crc"] = _lazy_crc((folder / entry["file"]).read_bytes(), entry["init"])
+
+    _edit_record(path, backend, old_spec)
+    with pytest.raises(StoreFormatError, match="recreate it"):
+        open_store(path, read_only=True)
+    restore()
+    with open_store(path, read_only=True) as s:
+        assert s.rows_written("emb/W") == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bitmap_temp_file_left_by_a_crash_is_removed(tmp_path, backend):
+    init = _init()
+    path = _path(tmp_path, backend)
+    with open_store(path) as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+    (bitmap,) = _bitmaps(path, backend)
+    leftover = bitmap.with_name(bitmap.name.rsplit(".", 1)[0] + ".7.tmp")
+    leftover.write_bytes(b"half")
+    with open_store(path):
+        pass
+    assert not leftover.exists() and bitmap.exists()
+
+
+def test_removing_an_hdf5_store_leaves_files_that_only_look_like_its_bitmaps(tmp_path):
+    from oocnet.store.files import remove_store
+
+    init = _init()
+    with open_store(tmp_path / "run.h5") as s:
+        s.create("emb/W", init.shape, init.dtype, init)
+    other = tmp_path / "run.h5.written.h5"  # another store, named after this one
+    with open_store(other) as s:
+        s.create("x", (3, 2), "float64")
+    notes = tmp_path / "run.h5.written.notes.txt"
+    notes.write_text("mine")
+    assert {f.name for f in store_files(tmp_path / "run.h5", "hdf5")} >= {"run.h5", "run.h5.commit.json"}
+    remove_store(tmp_path / "run.h5")
+    assert notes.exists() and other.exists() and other.with_name(other.name + ".commit.json").exists()
+    assert not list(tmp_path.glob("run.h5.written.[0-9a-f]*"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interrupt_after_a_write_but_before_its_bits_are_set_forbids_the_commit(tmp_path, backend, monkeypatch):
+    from oocnet.store.rowinit import LazyRows
+
+    init = _init()
+    path = _path(tmp_path, backend)
+    s = open_store(path)
+    s.create("emb/W", init.shape, init.dtype, init)
+    s.commit()
+
+    def interrupted(self, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LazyRows, "mark", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.write_index("emb/W", [5], np.ones((1, 6)))
+    monkeypatch.undo()
+    assert s.failed
+    with pytest.raises(StoreError, match="failed"):
+        s.commit()
+    s.close()
+    with open_store(path) as s:
+        np.testing.assert_array_equal(s.read_index("emb/W", [5]), init.at(np.array([5])))
+        assert s.verify() == []

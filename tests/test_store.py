@@ -134,7 +134,7 @@ def test_memmap_new_folder_has_an_empty_manifest(tmp_path):
     with MemmapStore(folder):
         doc = manifest_of(folder)
         assert {k: doc[k] for k in ("format", "version", "params")} == {
-            "format": "oocnet-memmap", "version": 1, "params": {}}
+            "format": "oocnet-memmap", "version": 2, "params": {}}
         assert doc["commit"]["generation"] == 0
     assert sorted(os.listdir(folder)) == ["lock", "manifest.json"]
 
@@ -144,7 +144,7 @@ def test_memmap_manifest_fields_and_shard_layout(tmp_path):
     w = reference((1000, 7), "float32", 1)  # 28-byte rows: 146 rows per 4 KiB shard
     make_memmap(folder, **{"dense_0/W": w, "b": reference((3,), "float64", 2)})
     doc = manifest_of(folder)
-    assert doc["format"] == "oocnet-memmap" and doc["version"] == 1
+    assert doc["format"] == "oocnet-memmap" and doc["version"] == 2
     entry = doc["params"]["dense_0/W"]
     assert entry["shape"] == [1000, 7] and entry["dtype"] == "float32"
     per = SHARD_BYTES // 28
@@ -383,7 +383,7 @@ def test_memmap_wrong_format_name(memmap_folder):
 
 def test_memmap_newer_version(memmap_folder):
     edit_manifest(memmap_folder, lambda d: d.update(version=99))
-    with pytest.raises(StoreFormatError, match="expected version 1 or older, got 99"):
+    with pytest.raises(StoreFormatError, match="expected version 2 or older, got 99"):
         MemmapStore(memmap_folder, read_only=True)
 
 
@@ -394,8 +394,8 @@ def _set_shard(i, **fields):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d.__setitem__("version", "1"), "expected version 1"),
-        (lambda d: d.pop("version"), "expected version 1"),
+        (lambda d: d.__setitem__("version", "1"), "expected version 2"),
+        (lambda d: d.pop("version"), "expected version 2"),
         (lambda d: d.__setitem__("params", []), "expected 'params' to be an object"),
         (lambda d: d["params"].__setitem__("/bad", d["params"].pop("b")), "invalid parameter key"),
         (lambda d: d["params"].__setitem__("b", 3), "expected an object, got int"),
@@ -491,7 +491,7 @@ def test_hdf5_file_readable_by_plain_h5py(tmp_path):
     b = reference((6,), "float64", 21)
     make_h5(path, **{"dense_0/W": w, "dense_0/b": b, "dense_0/W:adagrad": w * 0})
     with h5py.File(path, "r") as f:
-        assert f.attrs["oocnet_format"] == "oocnet-hdf5" and f.attrs["oocnet_version"] == 1
+        assert f.attrs["oocnet_format"] == "oocnet-hdf5" and f.attrs["oocnet_version"] == 2
         assert isinstance(f["dense_0"], h5py.Group)
         ds = f["dense_0/W"]
         np.testing.assert_array_equal(ds[()], w)
@@ -561,8 +561,8 @@ def test_hdf5_chunk_bytes_validated(tmp_path, bad):
         (lambda f: f.attrs.__setitem__("oocnet_format", "oocnet-memmap"),
          "expected root attribute oocnet_format = 'oocnet-hdf5', got 'oocnet-memmap'"),
         (lambda f: f.attrs.__delitem__("oocnet_format"), "got no such attribute"),
-        (lambda f: f.attrs.__setitem__("oocnet_version", 99), "expected oocnet_version 1 or older, got 99"),
-        (lambda f: f.attrs.__setitem__("oocnet_version", "1"), "expected root attribute oocnet_version = 1"),
+        (lambda f: f.attrs.__setitem__("oocnet_version", 99), "expected oocnet_version 2 or older, got 99"),
+        (lambda f: f.attrs.__setitem__("oocnet_version", "1"), "expected root attribute oocnet_version = 2"),
         (lambda f: f["w"].attrs.__setitem__("oocnet_key", "/bad"), "expected attribute oocnet_key to be a parameter"),
         (lambda f: f["w"].attrs.__setitem__("crc32", -3), "expected attribute crc32"),
         (lambda f: f.create_dataset("z", (3,), "c8").attrs.__setitem__("oocnet_key", "z"), "expected dtype"),

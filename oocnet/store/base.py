@@ -507,10 +507,10 @@ class Store(abc.ABC):
         info = self._checked_info(key)
         arr = self._check_value(info, value, info.n_rows, "write")
         self._before_write(key, np.arange(info.n_rows, dtype=np.int64))
-        with self._poison_on_error():
+        with self._poison_on_error():  # the bitmap too: rows written but not marked would be lost
             self._write_rows(key, 0, arr)
-        if key in self._lazy:
-            self._lazy[key].mark_range(0, info.n_rows)
+            if key in self._lazy:
+                self._lazy[key].mark_range(0, info.n_rows)
 
     def write_rows(self, key: str, start: int, value) -> None:
         """Overwrite rows ``[start, start + len(value))`` of ``key``."""
@@ -524,8 +524,8 @@ class Store(abc.ABC):
             self._before_write(key, np.arange(a, b, dtype=np.int64))
             with self._poison_on_error():
                 self._write_rows(key, a, arr)
-            if key in self._lazy:
-                self._lazy[key].mark_range(a, b)
+                if key in self._lazy:
+                    self._lazy[key].mark_range(a, b)
 
     def write_index(self, key: str, rows, value) -> None:
         """Overwrite the rows ``rows`` of ``key`` (any order; duplicates are refused)."""
@@ -544,8 +544,8 @@ class Store(abc.ABC):
         self._before_write(key, ids)
         with self._poison_on_error():
             self._write_index(key, ids, arr)
-        if key in self._lazy:
-            self._lazy[key].mark(ids)
+            if key in self._lazy:
+                self._lazy[key].mark(ids)
 
     def delete(self, key: str) -> None:
         """Remove a parameter."""

@@ -74,6 +74,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
+import json
 import os
 import re
 import zlib
@@ -94,6 +95,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 #: The tail of a bitmap file's name: the key's digest and the commit's generation.
 _LAZY_NAME = re.compile(r"[0-9a-f]{16}\.[0-9]+")
+_LAZY_LEFTOVER = re.compile(r"[0-9a-f]{16}\.[0-9]+(\.tmp)?")  # ... or its temp file, left by a crash
 
 #: Rows are journaled and hashed in pieces of about this many bytes.
 PIECE_BYTES = 4 * 2**20
@@ -103,6 +105,11 @@ PIECE_BYTES = 4 * 2**20
 #: "journal:appended", "commit:data-synced", "commit:record-tmp", "commit:persisted",
 #: "commit:done").  A test can sleep there to be killed inside that window.
 FAULT_HOOK = None
+
+
+def _lazy_crc(bits: bytes, spec: object) -> int:
+    """crc32 of a bitmap and the initializer spec it goes with (a changed spec must not pass)."""
+    return zlib.crc32(bits, zlib.crc32(json.dumps(spec, sort_keys=True).encode("utf-8")))
 
 
 def at(point: str) -> None:
@@ -532,6 +539,15 @@ class DurableStore:
 
     def _after_create(self, key: str) -> None:
         self._uncommitted.add(key)
+        if key in self._lazy:
+            self._mark_lazy(key)
+
+    def _mark_lazy(self, key: str) -> None:
+        """Record beside the data that ``key`` was created lazily (a backend hook; see _lazy_marked)."""
+
+    def _lazy_marked(self, key: str) -> bool:
+        """Whether the data says ``key`` was created lazily (then its commit must hold its bitmap)."""
+        return False
 
     def _before_lazy_create(self, info) -> None:
         # Rows take their disk space as they are written; refuse now a table that could not
@@ -549,18 +565,30 @@ class DurableStore:
         where = str(self._commit_record_path())
         if not isinstance(section, dict):
             raise StoreFormatError(f"{where}: expected 'lazy' to be an object, got {section!r}.")
-        folder, _ = self._lazy_place()
+        folder, prefix = self._lazy_place()
         self._lazy.clear()
+        for key in self._keys():
+            if key in self._checksums and key not in section and self._lazy_marked(key):
+                raise StoreFormatError(
+                    f"{where}: parameter {key!r} was created lazily, but the commit record has no bitmap of its "
+                    f"written rows (was the record rewritten by another program?); its rows cannot be told apart "
+                    f"from its initial values."
+                )
         for key, entry in section.items():
             if key not in self._keys():
                 continue
             info = self._info(key)
             try:
-                init = from_spec(entry.get("init") if isinstance(entry, dict) else None, f"{where}: lazy[{key!r}]")
-                name, crc = str(entry["file"]), int(entry["crc"])
-            except (KeyError, TypeError, ValueError) as exc:
+                name, crc = entry["file"], entry["crc"]
+                if not isinstance(name, str) or not name.startswith(prefix) or \
+                        not _LAZY_NAME.fullmatch(name[len(prefix):]):
+                    raise ValueError(f"a file name {prefix}<16 hex digits>.<generation>, got {name!r}")
+                if isinstance(crc, bool) or not isinstance(crc, int):
+                    raise ValueError(f"an integer crc, got {crc!r}")
+                init = from_spec(entry.get("init"), f"{where}: lazy[{key!r}]")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise StoreFormatError(f"{where}: expected lazy[{key!r}] to name a bitmap file and its crc, "
-                                       f"got {entry!r}.") from exc
+                                       f"got {entry!r}: {exc}.") from exc
             path = folder / name
             try:
                 data = path.read_bytes()
@@ -571,10 +599,11 @@ class DurableStore:
                                        f"of {key!r} were written.") from exc
             except OSError as exc:
                 raise StoreIOError(f"reading {path} failed: {exc}.") from exc
-            if zlib.crc32(data) != crc or len(data) != (info.n_rows + 7) // 8:
-                raise ChecksumError(f"{path} (which rows of {key!r} were written) is damaged: expected "
-                                    f"{(info.n_rows + 7) // 8} bytes with crc {crc}, got {len(data)} bytes "
-                                    f"with crc {zlib.crc32(data)}.")
+            got = _lazy_crc(data, entry.get("init"))
+            if got != crc or len(data) != (info.n_rows + 7) // 8:
+                raise ChecksumError(f"{path} (which rows of {key!r} were written) or its record is damaged: "
+                                    f"expected {(info.n_rows + 7) // 8} bytes with crc {crc}, got {len(data)} "
+                                    f"bytes with crc {got}.")
             if init.shape != info.shape or init.dtype != info.dtype:
                 raise StoreFormatError(f"{where}: lazy[{key!r}] is for {init.shape} {init.dtype}, but the parameter "
                                        f"is {info.shape} {info.dtype}.")
@@ -591,7 +620,7 @@ class DurableStore:
         folder, prefix = self._lazy_place()
         try:
             names = [n for n in os.listdir(folder) if n.startswith(prefix) and n not in keep
-                     and _LAZY_NAME.fullmatch(n[len(prefix):])]
+                     and _LAZY_LEFTOVER.fullmatch(n[len(prefix):])]
         except OSError:
             return
         for name in names:
@@ -618,7 +647,7 @@ class DurableStore:
                 write_atomic(folder / name, data, self._dir_fd_durable)
             except OSError as exc:
                 raise StoreIOError(f"writing {folder / name} failed: {exc}.") from exc
-            section[key] = {"init": lazy.init.spec, "file": name, "crc": zlib.crc32(data)}
+            section[key] = {"init": lazy.init.spec, "file": name, "crc": _lazy_crc(data, lazy.init.spec)}
         return section
 
     # -- commit ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def store_files(path, backend: str | None = None) -> list[Path]:
         files = [f for f in (p, p.with_name(p.name + ".commit.json"), p.with_name(p.name + ".journal"),
                              p.with_name(p.name + ".lock")) if f.exists()]
         # which rows of each lazily created table were written (see oocnet.store.durable)
-        return files + sorted(p.parent.glob(glob.escape(p.name) + ".written.*"))
+        lazy = re.compile(re.escape(p.name) + r"\.written\.[0-9a-f]{16}\.[0-9]+(\.tmp)?")
+        return files + sorted(f for f in p.parent.glob(glob.escape(p.name) + ".written.*") if lazy.fullmatch(f.name))
     if not p.is_dir():
         return []
     return sorted(f for f in p.iterdir() if f.is_file())

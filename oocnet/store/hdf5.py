@@ -5,8 +5,11 @@ or any HDF5 reader.  Rows move between the file and buffers the caller owns
 (``preadv``/``pwrite`` on the file's descriptor where a dataset's layout allows,
 else HDF5 hyperslab reads straight into ``out``); nothing is memory-mapped.
 
-On-disk format, version 1
+On-disk format, version 2
 =========================
+
+Version 2 added lazily created parameters (attribute ``oocnet_lazy`` and the
+commit record's ``lazy`` section); version-1 files are read.
 
 An ordinary HDF5 file (any superblock version the HDF5 library reads).
 
@@ -45,7 +48,7 @@ Each parameter is a dataset:
 Beside the file
 ---------------
 ``<file>.commit.json``: the commit record (:mod:`oocnet.store.durable`),
-``{"format": "oocnet-hdf5-commit", "version": 1, "generation", "step",
+``{"format": "oocnet-hdf5-commit", "version": 2, "generation", "step",
 "metadata", "time", "checksums": {key: [u64]}, "stamps": {file: [size,
 mtime_ns]}}`` -- one checksum per dataset (:mod:`oocnet.store.checksum`),
 replaced atomically at each commit.  It lives outside the HDF5 file so that a
@@ -53,7 +56,9 @@ commit never rewrites HDF5 metadata.  A lazily created parameter (rows never
 written are computed from their initializer) adds ``"lazy": {key: {"init":
 spec, "file": name, "crc": crc32}}``; the file
 ``<file>.written.<16 hex digits>.<generation>`` beside it holds one bit per row
-(see :mod:`oocnet.store.durable` and the memmap store's format).  ``<file>.journal``: the rollback journal
+(see :mod:`oocnet.store.durable` and the memmap store's format).  A dataset
+created lazily carries the attribute ``oocnet_lazy = 1``; if its commit has no
+``lazy`` entry the store is refused.  ``<file>.journal``: the rollback journal
 between a write and the next commit.  ``<file>.lock``: the writer lock, holding
 the writer's pid.
 
@@ -135,7 +140,7 @@ from .base import (
 )
 
 FORMAT_NAME = "oocnet-hdf5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lazily created parameters (attribute oocnet_lazy, "lazy" in the commit record)
 COMMIT_FORMAT = "oocnet-hdf5-commit"
 
 #: Default target bytes per HDF5 chunk.
@@ -316,6 +321,7 @@ class HDF5Store(DurableStore, Store):
     def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
+        self._lazy_keys: set[str] = set()  # datasets marked oocnet_lazy (created lazily)
         self._durable_init(-1)
         self._closed = True  # until the file is validated; close() is then a no-op
         check_positive_int("chunk_bytes", chunk_bytes)
@@ -498,6 +504,8 @@ class HDF5Store(DurableStore, Store):
             raise StoreFormatError(f"{at}: expected attribute crc32 to be an integer in [0, 2**32), got {crc!r}.")
         self._paths[key] = obj.name
         self._infos[key] = ParamInfo(key, tuple(int(d) for d in shape), dtype)
+        if obj.attrs.get("oocnet_lazy") is not None:
+            self._lazy_keys.add(key)
 
     # -- helpers --------------------------------------------------------------------
     def _dataset(self, key: str) -> h5py.Dataset:
@@ -803,6 +811,7 @@ class HDF5Store(DurableStore, Store):
 
     def _delete(self, key):
         path = self._paths[key]
+        self._lazy_keys.discard(key)
         with self._wlock, self._guard("deleting a dataset in"):
             self._ds.pop(key, None)
             self._raw.pop(key, None)  # HDF5 may give its chunks' space to a later dataset
@@ -838,6 +847,14 @@ class HDF5Store(DurableStore, Store):
 
     def _lazy_place(self) -> tuple[Path, str]:
         return self.path.parent, self.path.name + ".written."
+
+    def _mark_lazy(self, key: str) -> None:
+        with self._wlock, self._guard("marking a dataset in"):
+            self._dataset(key).attrs["oocnet_lazy"] = 1
+        self._lazy_keys.add(key)
+
+    def _lazy_marked(self, key: str) -> bool:
+        return key in self._lazy_keys
 
     def _journal_path(self) -> Path:
         return self._sidecar(".journal")

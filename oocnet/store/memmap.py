@@ -6,8 +6,11 @@ shard is a standard ``.npy`` file, so a user can open any shard with
 a memory map: it moves rows with ``os.preadv`` / ``os.pwrite`` into and out of
 buffers the caller owns (see "Why pread, not mmap" below).
 
-On-disk format, version 1
+On-disk format, version 2
 =========================
+
+Version 2 added lazily created parameters (``lazy`` below); version 1
+stores are read, and written as version 2 from their first change.
 
 A store is a folder holding ``manifest.json`` and the shard files::
 
@@ -30,14 +33,16 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
 
     {
       "format": "oocnet-memmap",        # str, exactly this
-      "version": 1,                      # int; a reader refuses a larger version
+      "version": 2,                      # int; a reader refuses a larger version
       "commit": {                        # the last commit (oocnet.store.durable)
         "generation": 3,                 # int >= 0, +1 per commit; 0 = created, nothing committed
         "step": 1200,                    # int: the training step committed
         "metadata": {...},               # object: the user's metadata
         "time": "2026-11-26T23:00:00+00:00",   # str (UTC) or null
         "checksums": {"dense_0/W": [12345678901234567890, ...]},   # per key, one u64 per shard
-        "stamps": {"dense_0%2FW.00000.npy": [size, mtime_ns]}        # files as committed
+        "stamps": {"dense_0%2FW.00000.npy": [size, mtime_ns]},       # files as committed
+        "lazy": {"emb/W": {"init": {...}, "file": "#written.<hex>.3", "crc": 123}}
+                                         # lazily created parameters: see "Written-row bitmaps"
       },                                 # absent in manifests written before commits: adopted
       "params": {                        # object: parameter key -> entry
         "dense_0/W": {
@@ -47,7 +52,9 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
             {"file": "dense_0%2FW.00000.npy",   # file name in the folder (no directory
                                                 # part), ends in ".npy", unique in the store
              "start": 0, "stop": 128}           # ints: the shard holds rows [start, stop)
-          ]
+          ],
+          "lazy": true                   # only on a parameter created lazily: then the
+                                         # commit's "lazy" section must hold its bitmap
         }
       }
     }
@@ -104,7 +111,10 @@ For each lazily created parameter, ``commit.lazy[key]`` is
 initializer (:func:`oocnet.store.rowinit.from_spec`), and the file
 ``#written.<16 hex digits of the key's blake2b>.<generation>`` in the folder
 holds ``ceil(n_rows / 8)`` bytes, bit ``r % 8`` (least significant first) of
-byte ``r // 8`` set when row ``r`` was written as of that commit.  On open every shard's header is checked against the manifest (version
+byte ``r // 8`` set when row ``r`` was written as of that commit.  ``crc`` is
+the crc32 of the spec's JSON (sorted keys) continued over the bitmap's bytes,
+so a changed spec fails too.  A parameter marked ``"lazy": true`` whose commit
+has no entry is refused (its rows could not be told from its initial values).  On open every shard's header is checked against the manifest (version
 1.0, ``descr``, ``fortran_order`` False, ``shape``) and so is its length.
 
 Writing protocol
@@ -186,7 +196,7 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 FORMAT_NAME = "oocnet-memmap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lazily created parameters ("lazy" in params and in the commit record)
 MANIFEST = "manifest.json"
 _MANIFEST_TMP = MANIFEST + ".tmp"
 LOCK = "lock"
@@ -640,6 +650,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def __init__(self, path, *, read_only: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES,
                  verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
+        self._lazy_keys: set[str] = set()  # parameters the manifest marks as created lazily
         self._durable_init(-1)
         self._closed = True  # until the folder is validated; close() is then a no-op
         check_positive_int("shard_bytes", shard_bytes)
@@ -733,6 +744,8 @@ class MemmapStore(RowFileIO, DurableStore, Store):
         seen_files: set[str] = set()
         for key, entry in params.items():
             self._params[key] = self._parse_entry(where, key, entry, seen_files)
+            if isinstance(entry, dict) and entry.get("lazy") is True:
+                self._lazy_keys.add(key)
 
     def _parse_entry(self, where: str, key: str, entry: object, seen_files: set[str]) -> _Param:
         try:
@@ -858,6 +871,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                     "shards": [
                         {"file": s.file, "start": s.start, "stop": s.stop} for s in p.shards
                     ],
+                    **({"lazy": True} if key in self._lazy_keys else {}),
                 }
                 for key, p in self._params.items()
             },
@@ -1007,6 +1021,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
 
     def _delete(self, key):
         p = self._params.pop(key)
+        self._lazy_keys.discard(key)
         try:
             self._write_manifest()  # first forget the files, then remove them
         except BaseException:
@@ -1034,6 +1049,12 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     # -- durability hooks (see oocnet.store.durable) ------------------------------------
     def _lazy_place(self) -> tuple[Path, str]:
         return self.path, "#written."  # quote() escapes '#': no shard stem starts with it
+
+    def _mark_lazy(self, key: str) -> None:
+        self._lazy_keys.add(key)  # the next manifest write says so
+
+    def _lazy_marked(self, key: str) -> bool:
+        return key in self._lazy_keys
 
     def _journal_path(self) -> Path:
         return self.path / JOURNAL

@@ -34,7 +34,7 @@ from scipy.special import ndtri
 
 from ..errors import StoreFormatError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 1: development versions (one 53-bit uniform per SplitMix64 output)
 #: Elements computed per piece by RowInit.at (its temporaries: three arrays of this many 8-byte values).
 _PIECE = 1 << 18
 
@@ -193,7 +193,9 @@ def from_spec(spec: object, where: str) -> RowInit:
     """Rebuild a :class:`RowInit` from its :attr:`~RowInit.spec`; ``where`` names it in errors."""
     try:
         if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
-            raise ValueError(f"unknown initializer record (this oocnet writes version {SPEC_VERSION})")
+            got = spec.get("version") if isinstance(spec, dict) else None
+            raise ValueError(f"initializer version {got!r}, but this oocnet computes version {SPEC_VERSION} "
+                             f"(a store written by another version cannot be read: recreate it)")
         return RowInit(spec["name"], spec["seed"], spec["key"], tuple(spec["shape"]), spec["dtype"],
                        spec.get("value", 0.0))
     except (KeyError, TypeError, ValueError) as exc:
