@@ -457,3 +457,29 @@ def test_an_interrupt_after_a_write_but_before_its_bits_are_set_forbids_the_comm
     with open_store(path) as s:
         np.testing.assert_array_equal(s.read_index("emb/W", [5]), init.at(np.array([5])))
         assert s.verify() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_opening_while_the_writer_commits_is_told_to_reopen(tmp_path, backend, monkeypatch):
+    """A commit landing after the reader loaded the record, before it took the record's stamp."""
+    from oocnet.store import durable
+
+    path = _path(tmp_path, backend)
+    w = open_store(path)
+    w.create("e", (4, 2), "float64")
+    w.commit()
+    orig = durable.DurableStore._load_lazy
+
+    def racing(self, section):
+        monkeypatch.setattr(durable.DurableStore, "_load_lazy", orig)
+        w.write_index("e", np.array([0]), np.ones((1, 2)))
+        w.commit()  # the writer commits meanwhile
+        orig(self, section)
+
+    for verify in (True, False):
+        monkeypatch.setattr(durable.DurableStore, "_load_lazy", racing)
+        with pytest.raises(StoreError, match="reopen"):
+            open_store(path, read_only=True, verify=verify)
+    with open_store(path, read_only=True) as r:
+        assert r.last_commit["generation"] == 3 and r.read("e")[0].tolist() == [1.0, 1.0]
+    w.close()

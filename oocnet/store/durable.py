@@ -277,6 +277,13 @@ class DurableStore:
         else:  # written before commits existed (or brand new): adopt what is there, checksums unknown
             self._checksums = {k: [None] * len(self._blocks(k)) for k in self._keys()}
         gen = self._commit["generation"]
+        if self.read_only:
+            # A writer may commit while this reader opens.  The record's stamp is taken now and
+            # compared at every read; a commit that landed since the record was loaded shows
+            # as a newer generation here.  Either way the reader is told to reopen.
+            self._record_stat = self._stat_record()
+            if self._on_disk_generation() not in (gen, None):
+                raise self._committed_since()
         self._load_lazy(record.get("lazy", {}) if record is not None else {})
         stale = [k for k in self._keys() if k not in self._checksums]
         rolled = False
@@ -284,6 +291,8 @@ class DurableStore:
         if path.exists():
             base = jr.read_base_generation(path)
             if base is not None and base > gen:
+                if self.read_only and self._on_disk_generation() != gen:
+                    raise self._committed_since()
                 raise StoreFormatError(
                     f"journal {path} rolls back to generation {base}, but the store's last commit is {gen}; "
                     f"expected a generation <= {gen}. The commit record may have been replaced by an older copy."
@@ -304,7 +313,6 @@ class DurableStore:
             self._snap: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             self._snap_pos: int | None = None
             self._snap_bytes = 0
-            self._record_stat = self._stat_record()
             self._refresh_snapshot()
         if verify:
             self._verify_changed(allow_corrupt, rolled)
@@ -329,8 +337,9 @@ class DurableStore:
             size = 0
         try:
             self._take_in_journal(path, size)
-        except StoreIOError as exc:  # the journal went away under us: did the writer commit?
-            if path.exists() or self._read_generation() == self._commit["generation"]:
+        except (StoreIOError, StoreFormatError) as exc:
+            # The journal went away, or was replaced by the next one: did the writer commit?
+            if self._on_disk_generation() == self._commit["generation"]:
                 raise
             raise self._committed_since() from exc
         st = self._stat_record()
@@ -422,6 +431,8 @@ class DurableStore:
                 if rolled or self._stamps.get(name) != now:
                     changed.append((key, i))
         bad = self._check_blocks(changed)
+        if bad and self.read_only and self._on_disk_generation() != self._commit["generation"]:
+            raise self._committed_since()  # not damage: a writer committed while these were read
         if bad and allow_corrupt:
             # Opened anyway: the next commit takes the blocks as they are (full recompute).
             labels = {(k, lbl) for k, lbl in bad}

@@ -272,9 +272,14 @@ def read_rows(path: Path, record: Record, start: int, stop: int) -> bytes:
     """The old bytes of rows ``record.ids[start:stop]``."""
     if record.zeros:
         return bytes((stop - start) * record.row_nbytes)
+    want = (stop - start) * record.row_nbytes
     try:
         with open(path, "rb") as f:
             f.seek(record.offset + start * record.row_nbytes)
-            return f.read((stop - start) * record.row_nbytes)
+            data = f.read(want)
     except OSError as exc:
         raise _io(exc, "reading", path) from exc
+    if len(data) != want:  # cut short since it was scanned: replaced by a writer's next journal
+        raise StoreIOError(f"reading the journal {path} failed: it ended at {len(data)} of the {want} bytes "
+                           f"a record holds (it changed while being read).")
+    return data
