@@ -24,6 +24,11 @@ def _init(shape=(1000, 6), dtype="float64", name="uniform", key="emb/W"):
     return RowInit(name, 7, key, shape, dtype)
 
 
+def _table(store, init):
+    """Create the lazy table "emb/W" that ``init`` describes."""
+    store.create("emb/W", init.shape, init.dtype, init)
+
+
 def _bitmaps(path, backend):
     return [f for f in store_files(path, backend) if ".written." in f.name or f.name.startswith("#written.")]
 
@@ -91,7 +96,7 @@ def test_a_lazy_table_reads_as_its_initial_values_and_writes_nothing_at_creation
         written = []
         raw = s._rawio if backend == "hdf5" else s  # the row writer (HDF5: beside the library's own IO)
         monkeypatch.setattr(raw, "_pwrite", lambda shard, fd, buf, offset: written.append(len(buf)))
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         monkeypatch.undo()
         assert sum(written) < 1024  # the shards' .npy headers, not 25 MB of rows
         ref = init(0, init.shape[0])
@@ -107,7 +112,7 @@ def test_written_rows_read_back_and_the_others_stay_computed(tmp_path, backend, 
     ref = init(0, 1000)
     path = _path(tmp_path, backend)
     with open_store(path) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         counter = CountingReads(s, monkeypatch)
         rows = np.array([3, 10, 999])
         np.testing.assert_array_equal(s.read_index("emb/W", rows), ref[rows])
@@ -135,7 +140,7 @@ def test_first_writes_roll_back_to_the_initial_values(tmp_path, backend):
     ref = init(0, 1000)
     path = _path(tmp_path, backend)
     s = open_store(path)
-    s.create("emb/W", init.shape, init.dtype, init)
+    _table(s, init)
     s.write_index("emb/W", [1, 2], np.full((2, 6), 9.0))
     ref[[1, 2]] = 9.0
     s.commit()
@@ -162,7 +167,7 @@ def test_a_reader_sees_the_committed_rows_while_a_writer_writes_new_ones(tmp_pat
     init = _init()
     path = _path(tmp_path, backend)
     with open_store(path) as w:
-        w.create("emb/W", init.shape, init.dtype, init)
+        _table(w, init)
         w.commit()
         r = open_store(path, read_only=True)
         try:
@@ -181,7 +186,7 @@ def test_each_commit_keeps_one_bitmap_and_rewrites_it_only_when_rows_were_first_
     init = _init()
     path = _path(tmp_path, backend)
     with open_store(path) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         s.commit()
         first = _bitmaps(path, backend)
         s.write_index("emb/W", [4], np.ones((1, 6)))
@@ -201,7 +206,7 @@ def test_a_damaged_or_missing_bitmap_is_refused_and_orphans_are_removed(tmp_path
     init = _init()
     path = _path(tmp_path, backend)
     with open_store(path) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         s.write_index("emb/W", [4], np.ones((1, 6)))
     (bitmap,) = _bitmaps(path, backend)
     orphan = bitmap.with_name(bitmap.name.rsplit(".", 1)[0] + ".99")  # as left by a crash before a commit point
@@ -222,7 +227,7 @@ def test_a_damaged_or_missing_bitmap_is_refused_and_orphans_are_removed(tmp_path
 def test_the_ram_store_and_callables_stay_eager(tmp_path):
     init = _init()
     with MemoryStore() as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         assert not s._lazy
         np.testing.assert_array_equal(s.read("emb/W"), init(0, 1000))
     with open_store(tmp_path / "m") as s:  # a plain callable cannot be recomputed after a reopen
@@ -333,7 +338,7 @@ def test_a_zero_record_round_trips_and_a_torn_one_is_skipped(tmp_path):
 def test_first_writes_of_a_lazy_table_journal_ids_not_rows(tmp_path, backend):
     init = _init((100_000, 128), "float32")
     with open_store(_path(tmp_path, backend)) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         s.commit()
         rows = np.arange(0, 100_000, 50)
         s.write_index("emb/W", rows, np.ones((rows.size, 128), np.float32))
@@ -365,7 +370,7 @@ def test_a_record_that_lost_or_altered_its_lazy_section_is_refused(tmp_path, bac
     init = _init()
     path = _path(tmp_path, backend)
     with open_store(path) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
         s.write_index("emb/W", [4], np.ones((1, 6)))
     saved = _record_file(path, backend).read_text()
 
@@ -407,7 +412,7 @@ def test_a_bitmap_temp_file_left_by_a_crash_is_removed(tmp_path, backend):
     init = _init()
     path = _path(tmp_path, backend)
     with open_store(path) as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
     (bitmap,) = _bitmaps(path, backend)
     leftover = bitmap.with_name(bitmap.name.rsplit(".", 1)[0] + ".7.tmp")
     leftover.write_bytes(b"half")
@@ -421,7 +426,7 @@ def test_removing_an_hdf5_store_leaves_files_that_only_look_like_its_bitmaps(tmp
 
     init = _init()
     with open_store(tmp_path / "run.h5") as s:
-        s.create("emb/W", init.shape, init.dtype, init)
+        _table(s, init)
     other = tmp_path / "run.h5.written.h5"  # another store, named after this one
     with open_store(other) as s:
         s.create("x", (3, 2), "float64")
@@ -440,7 +445,7 @@ def test_an_interrupt_after_a_write_but_before_its_bits_are_set_forbids_the_comm
     init = _init()
     path = _path(tmp_path, backend)
     s = open_store(path)
-    s.create("emb/W", init.shape, init.dtype, init)
+    _table(s, init)
     s.commit()
 
     def interrupted(self, rows):
