@@ -21,12 +21,12 @@ from .store.rowinit import DISTRIBUTIONS, RowInit, uniform_at
 
 
 def uniform_rows(seed: int, key: str, shape: tuple[int, ...], start: int, stop: int) -> np.ndarray:
-    """U[0, 1) float64 values of rows ``[start, stop)`` of a ``shape`` parameter named ``key``."""
+    """U(0, 1) float64 values of rows ``[start, stop)`` of a ``shape`` parameter named ``key``."""
     row = int(math.prod(shape[1:]))
     return uniform_at(seed, key, row, np.arange(start, stop, dtype=np.int64)).reshape((stop - start, *shape[1:]))
 
 
-#: name -> f(u, shape) mapping U[0,1) draws to initial values.
+#: name -> f(u, shape) mapping U(0, 1) draws to initial values (in place: ``u`` is overwritten).
 INITIALIZERS: dict[str, Callable | None] = DISTRIBUTIONS
 
 

@@ -28,6 +28,7 @@ from .layers.base import Layer, ParamAccess
 from .losses import Loss, get_loss
 from .optim.base import Optimizer, check_state_values
 from .paging import Pager, format_bytes, parse_bytes
+from .paging.rowcache import RowCache
 from .phases import phase as _phase  # profiler marks (no-ops unless profiling)
 from .sparse import SparseBatch
 from .store import MemoryStore, Store, open_store
@@ -238,6 +239,25 @@ class Sequential:
         return room, self.budget - room
 
     @staticmethod
+    def _cache_capacity(nbytes: int, infos: list[ParamInfo]) -> int:
+        """Most rows whose caches -- one per parameter in ``infos``, same capacity -- fit in ``nbytes``.
+
+        Exact, not estimated: the id table's size is rounded up to a power of two,
+        so the bookkeeping per slot varies from ~40 to ~70 bytes, and an estimate
+        made the caches of a 10^7-row bias outgrow their share (BudgetError).
+        """
+        def cost(c: int) -> int:
+            return sum(RowCache.nbytes_for(c, i.row_nbytes) for i in infos)
+
+        lo, hi = 0, infos[0].n_rows  # cost(lo) fits; find the largest that does
+        if cost(hi) <= nbytes:
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= nbytes else (lo, mid)
+        return max(1, lo)
+
+    @staticmethod
     def _cache_row_nbytes(info: ParamInfo, states: list[ParamInfo]) -> int:
         """Bytes a row-cache slot costs: the row and its state rows, plus about 50 bytes of bookkeeping each."""
         return sum(i.row_nbytes + 50 for i in [info, *states])
@@ -301,14 +321,13 @@ class Sequential:
             return
         states = self._state_infos(opt)
         _, share = self._budget_split(opt)
-        weights = {k: self._cache_row_nbytes(self._param_infos[k], states[k]) for k in sparse}
         for key in sparse:
             info = self._param_infos[key]
             group = [key] + [s.key for s in states[key]]
             if share is None:
                 capacity = info.n_rows
             else:
-                capacity = max(1, (share // len(sparse)) // weights[key])
+                capacity = self._cache_capacity(share // len(sparse), [info, *states[key]])
             for k in self.store.keys():  # drop caches of state this optimizer does not use
                 if k.startswith(key + ":") and k not in group:
                     self.pager.disable_row_cache(k)

@@ -244,3 +244,26 @@ def test_a_sampled_step_refused_for_budget_changes_nothing_and_keeps_the_model_c
     model.commit()  # the refused step left nothing half-applied
     assert model.last_commit["step"] == 1
     model.close()
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adagrad"])
+@pytest.mark.parametrize("budget", ["32MiB", "48MiB"])
+def test_row_caches_of_a_large_output_fit_their_share_of_the_budget(tmp_path, opt_name, budget):
+    """The caches' bookkeeping is counted exactly (a 10^7-row bias's cache outgrew its share: BudgetError)."""
+    V = 3_000_000
+    model = oc.Sequential([oc.Dense(8, 4, activation="tanh"), oc.Output(4, V)], store=tmp_path / "p",
+                          budget=budget, seed=0)
+    opt = oc.SGD(0.1) if opt_name == "sgd" else oc.Adagrad(0.1)
+    sampler = oc.UnigramSampler(np.ones(V), seed=1)
+    model.train_step(np.ones((4, 8), np.float32), np.array([1, 2, 3, V - 1]), oc.NegativeSampling(5, sampler), opt)
+    _, share = model._budget_split(opt)
+    caches = model.pager._row_caches
+    assert caches and sum(c.nbytes for c in caches.values()) <= share
+    # ... and as many rows as fit: one more row per parameter would not.
+    per_key = share // 2
+    for key in ("output_1/W", "output_1/b"):
+        group = [c for k, c in caches.items() if k == key or k.startswith(key + ":")]
+        total = sum(c.nbytes for c in group)
+        bigger = sum(type(c).nbytes_for(c.capacity + 1, c.data[0].nbytes) for c in group)
+        assert total <= per_key < bigger
+    model.close()

@@ -33,10 +33,19 @@ class IdTable:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
+        self._alloc(self._size_for(self.capacity))
+
+    @staticmethod
+    def _size_for(capacity: int) -> int:
         size = 16
-        while size * _LOAD < 2 * self.capacity:
+        while size * _LOAD < 2 * capacity:
             size *= 2
-        self._alloc(size)
+        return size
+
+    @classmethod
+    def nbytes_for(cls, capacity: int) -> int:
+        """:attr:`nbytes` of a table for ``capacity`` ids, without building it."""
+        return cls._size_for(int(capacity)) * (8 + 4)  # keys int64, values int32
 
     def _alloc(self, size: int) -> None:
         self.keys = np.full(size, _EMPTY, dtype=np.int64)

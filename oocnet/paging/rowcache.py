@@ -84,6 +84,12 @@ class RowCache:
         self._memo: tuple | None = None
         self.bytes_read = self.bytes_written = self.hits = self.misses = 0
 
+    @staticmethod
+    def nbytes_for(capacity: int, row_nbytes: int) -> int:
+        """:attr:`nbytes` of a cache of ``capacity`` rows of ``row_nbytes`` bytes, without building it."""
+        # per slot: the row, row_of_slot (int64), dirty and ref (bool), free (int64); then the id table
+        return int(capacity) * (int(row_nbytes) + 8 + 1 + 1 + 8) + IdTable.nbytes_for(capacity)
+
     @property
     def nbytes(self) -> int:
         """Bytes the cache may hold at full occupancy (its budget)."""

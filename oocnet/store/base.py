@@ -374,7 +374,8 @@ class Store(abc.ABC):
             about 16 MiB; or a whole array of ``shape``; or None for zeros.  A
             :class:`~oocnet.store.rowinit.RowInit` given to a disk store writes
             nothing: each row reads as its initial value until it is first written,
-            so creating a table of 10^7 rows costs neither time nor disk.
+            so creating a table of 10^7 rows takes a fraction of a second (its disk
+            blocks are allocated, not written).
 
         Returns
         -------

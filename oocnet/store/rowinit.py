@@ -87,7 +87,7 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], int(math.prod(shape[1:]))
 
 
-# Each maps U[0, 1) draws ``u`` (float64) to initial values in place, and returns ``u``.
+# Each maps U(0, 1) draws ``u`` (float64) to initial values in place, and returns ``u``.
 def _glorot_uniform(u, shape):
     fan_in, fan_out = _fans(shape)
     return _scaled(u, math.sqrt(6.0 / (fan_in + fan_out)))
@@ -118,7 +118,7 @@ def _uniform(u, shape):
     return _scaled(u, math.sqrt(3.0 / _fans(shape)[1]))
 
 
-#: name -> f(u, shape) mapping U[0,1) draws to initial values, in place (None: zeros).
+#: name -> f(u, shape) mapping U(0, 1) draws to initial values, in place (None: zeros).
 DISTRIBUTIONS: dict[str, Callable | None] = {
     "zeros": None,
     "glorot_uniform": _glorot_uniform,
