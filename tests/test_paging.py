@@ -304,3 +304,29 @@ def test_the_per_key_index_of_cached_blocks_follows_the_cache(tmp_path):
         indexed = {(k, s, t) for k, spans in pager._spans.items() for s, t in spans}
         assert indexed == set(pager._cache)
     model.close()
+
+
+def test_a_pager_lets_a_steps_temporaries_reuse_heap_pages(tmp_path):
+    """glibc maps blocks over 128 KiB afresh each time until a large free raises its threshold (Pager primes it)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc thresholds")
+    code = (
+        "import resource, sys, numpy as np\n"
+        "if sys.argv[1] == 'pager':\n"
+        "    from oocnet.paging import Pager\n"
+        "    from oocnet.store import MemoryStore\n"
+        "    Pager(MemoryStore(), '1MiB')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(50):\n"
+        "    step = [np.ones(1 << 20, np.uint8) for _ in range(4)]  # a step's temporaries, every page written\n"
+        "    del step\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    faults = {m: int(subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True, check=True)
+                     .stdout) for m in ("plain", "pager")}
+    assert faults["plain"] > 50 * 4 * 200  # ~256 page faults per temporary: mapped (or trimmed) afresh
+    assert faults["pager"] < 50 * 4 * 20  # reused from the heap
