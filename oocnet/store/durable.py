@@ -95,7 +95,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 #: The tail of a bitmap file's name: the key's digest and the commit's generation.
 _LAZY_NAME = re.compile(r"[0-9a-f]{16}\.[0-9]+")
-_LAZY_LEFTOVER = re.compile(r"[0-9a-f]{16}\.[0-9]+(\.tmp)?")  # ... or its temp file, left by a crash
+LAZY_LEFTOVER = re.compile(_LAZY_NAME.pattern + r"(\.tmp)?")  # ... or its temp file, left by a crash
 
 #: Rows are journaled and hashed in pieces of about this many bytes.
 PIECE_BYTES = 4 * 2**20
@@ -631,7 +631,7 @@ class DurableStore:
         folder, prefix = self._lazy_place()
         try:
             names = [n for n in os.listdir(folder) if n.startswith(prefix) and n not in keep
-                     and _LAZY_LEFTOVER.fullmatch(n[len(prefix):])]
+                     and LAZY_LEFTOVER.fullmatch(n[len(prefix):])]
         except OSError:
             return
         for name in names:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
 from pathlib import Path
 
 from ..errors import ConfigError
-from .durable import acquire_lock
+from .durable import LAZY_LEFTOVER, acquire_lock
 
 
 def store_backend(path: Path, backend: str | None = None) -> str:
@@ -31,8 +30,11 @@ def store_files(path, backend: str | None = None) -> list[Path]:
         files = [f for f in (p, p.with_name(p.name + ".commit.json"), p.with_name(p.name + ".journal"),
                              p.with_name(p.name + ".lock")) if f.exists()]
         # which rows of each lazily created table were written (see oocnet.store.durable)
-        lazy = re.compile(re.escape(p.name) + r"\.written\.[0-9a-f]{16}\.[0-9]+(\.tmp)?")
-        return files + sorted(f for f in p.parent.glob(glob.escape(p.name) + ".written.*") if lazy.fullmatch(f.name))
+        from .hdf5 import lazy_prefix
+
+        prefix = lazy_prefix(p)
+        return files + sorted(f for f in p.parent.glob(glob.escape(prefix) + "*")
+                              if LAZY_LEFTOVER.fullmatch(f.name[len(prefix):]))
     if not p.is_dir():
         return []
     return sorted(f for f in p.iterdir() if f.is_file())

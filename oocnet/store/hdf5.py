@@ -269,6 +269,11 @@ class _Mover(RowFileIO):
 _DAMAGED = ("truncated file", "signature", "superblock", "bad object header", "checksum")
 
 
+def lazy_prefix(path: Path) -> str:
+    """The name prefix of an HDF5 store's written-row bitmaps, which lie beside the file."""
+    return Path(path).name + ".written."
+
+
 class HDF5Store(DurableStore, Store):
     """Parameters in one HDF5 file, one chunked dataset per parameter.
 
@@ -846,7 +851,7 @@ class HDF5Store(DurableStore, Store):
         return self.path.with_name(self.path.name + suffix)
 
     def _lazy_place(self) -> tuple[Path, str]:
-        return self.path.parent, self.path.name + ".written."
+        return self.path.parent, lazy_prefix(self.path)
 
     def _mark_lazy(self, key: str) -> None:
         with self._wlock, self._guard("marking a dataset in"):
