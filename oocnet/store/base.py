@@ -244,9 +244,6 @@ class Store(abc.ABC):
     def _after_create(self, key: str) -> None:
         """Called after a parameter was created."""
 
-    def _before_lazy_create(self, info: ParamInfo) -> None:
-        """Called before a parameter is created lazily (disk stores check there is room for all of it)."""
-
     def _patch_read(self, key: str, start: int, stop: int, ids: np.ndarray | None, out: np.ndarray) -> None:
         """Called after rows were read into ``out`` (rows [start, stop), or the sorted ``ids``)."""
 
@@ -392,7 +389,6 @@ class Store(abc.ABC):
             if init.shape != info.shape or init.dtype != info.dtype:
                 raise ShapeError(f"initializer of {key!r} is for {init.shape} {init.dtype}, "
                                  f"not {info.shape} {info.dtype}.")
-            self._before_lazy_create(info)
             self._create(info, None)  # zeros: a row not written reads as its initial value
             self._lazy[info.key] = LazyRows(init, info.n_rows)
             self._after_create(info.key)

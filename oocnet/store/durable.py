@@ -85,7 +85,6 @@ import numpy as np
 from ..errors import ChecksumError, ReadOnlyError, StoreError, StoreFormatError, StoreIOError, StoreLockedError
 from . import checksum as ck
 from . import journal as jr
-from .base import check_disk_room
 from .rowinit import LazyRows, from_spec
 
 try:
@@ -559,11 +558,6 @@ class DurableStore:
     def _lazy_marked(self, key: str) -> bool:
         """Whether the data says ``key`` was created lazily (then its commit must hold its bitmap)."""
         return False
-
-    def _before_lazy_create(self, info) -> None:
-        # Rows take their disk space as they are written; refuse now a table that could not
-        # be written whole, rather than fail part-way through training.
-        check_disk_room(info, self._lazy_place()[0])
 
     # -- lazily created parameters: which rows were written, per commit --------------------------
     def _lazy_file(self, key: str, generation: int) -> str:
