@@ -225,6 +225,7 @@ class DurableStore:
         self._replaying = False
         self._recompute: set[tuple[str, int]] = set()
         self._lazy_record: dict[str, dict] = {}  # the last commit's "lazy" section
+        self._lazy_keys: set[str] = set()  # parameters the data marks as created lazily (see _mark_lazy)
         self._lock_fd = -1
 
     @property
@@ -553,11 +554,13 @@ class DurableStore:
             self._mark_lazy(key)
 
     def _mark_lazy(self, key: str) -> None:
-        """Record beside the data that ``key`` was created lazily (a backend hook; see _lazy_marked)."""
+        """Record beside the data that ``key`` was created lazily: then its commit must hold its bitmap.
 
-    def _lazy_marked(self, key: str) -> bool:
-        """Whether the data says ``key`` was created lazily (then its commit must hold its bitmap)."""
-        return False
+        Backends keep ``_lazy_keys`` as they read their metadata and write it with it (the
+        memmap manifest lists it; HDF5 extends this to set a dataset attribute), and drop a
+        key from it when they delete the parameter.
+        """
+        self._lazy_keys.add(key)
 
     # -- lazily created parameters: which rows were written, per commit --------------------------
     def _lazy_file(self, key: str, generation: int) -> str:
@@ -573,7 +576,7 @@ class DurableStore:
         folder, prefix = self._lazy_place()
         self._lazy.clear()
         for key in self._keys():
-            if key in self._checksums and key not in section and self._lazy_marked(key):
+            if key in self._checksums and key not in section and key in self._lazy_keys:
                 raise StoreFormatError(
                     f"{where}: parameter {key!r} was created lazily, but the commit record has no bitmap of its "
                     f"written rows (was the record rewritten by another program?); its rows cannot be told apart "

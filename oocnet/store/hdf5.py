@@ -326,7 +326,6 @@ class HDF5Store(DurableStore, Store):
     def __init__(self, path, *, read_only: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
-        self._lazy_keys: set[str] = set()  # datasets marked oocnet_lazy (created lazily)
         self._durable_init(-1)
         self._closed = True  # until the file is validated; close() is then a no-op
         check_positive_int("chunk_bytes", chunk_bytes)
@@ -856,10 +855,7 @@ class HDF5Store(DurableStore, Store):
     def _mark_lazy(self, key: str) -> None:
         with self._wlock, self._guard("marking a dataset in"):
             self._dataset(key).attrs["oocnet_lazy"] = 1
-        self._lazy_keys.add(key)
-
-    def _lazy_marked(self, key: str) -> bool:
-        return key in self._lazy_keys
+        super()._mark_lazy(key)
 
     def _journal_path(self) -> Path:
         return self._sidecar(".journal")

@@ -634,7 +634,6 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def __init__(self, path, *, read_only: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES,
                  verify: bool = True, allow_corrupt: bool = False) -> None:
         super().__init__(read_only=read_only)
-        self._lazy_keys: set[str] = set()  # parameters the manifest marks as created lazily
         self._durable_init(-1)
         self._closed = True  # until the folder is validated; close() is then a no-op
         check_positive_int("shard_bytes", shard_bytes)
@@ -1036,11 +1035,6 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def _lazy_place(self) -> tuple[Path, str]:
         return self.path, "#written."  # quote() escapes '#': no shard stem starts with it
 
-    def _mark_lazy(self, key: str) -> None:
-        self._lazy_keys.add(key)  # the next manifest write says so
-
-    def _lazy_marked(self, key: str) -> bool:
-        return key in self._lazy_keys
 
     def _journal_path(self) -> Path:
         return self.path / JOURNAL
