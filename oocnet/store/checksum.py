@@ -66,21 +66,19 @@ def row_hashes_at(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return _mix(acc)
 
 
-def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 20) -> int:
-    """Sum (mod 2**64) of the hashes of rows ``[start, stop)`` whose bytes are all zero (no data needed)."""
-    total = np.uint64(0)
-    with np.errstate(over="ignore"):
-        for a in range(start, stop, chunk):
-            r = np.arange(a + 1, min(stop, a + chunk) + 1, dtype=np.uint64)  # h = mix((r + 1) * M_row)
-            total += _mix(r * _ROW).sum(dtype=np.uint64)
-    return int(total)
-
-
 def zero_rows_sum_at(rows: np.ndarray) -> int:
-    """Sum (mod 2**64) of the hashes of the rows ``rows`` whose bytes are all zero."""
+    """Sum (mod 2**64) of the hashes of the rows ``rows`` whose bytes are all zero (no data needed)."""
     with np.errstate(over="ignore"):
-        r = np.asarray(rows, dtype=np.uint64) + np.uint64(1)
+        r = np.asarray(rows, dtype=np.uint64) + np.uint64(1)  # a zero row's words add nothing
         return int(_mix(r * _ROW).sum(dtype=np.uint64))
+
+
+def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 20) -> int:
+    """:func:`zero_rows_sum_at` of rows ``[start, stop)``, in chunks (bounded memory)."""
+    total = 0
+    for a in range(start, stop, chunk):
+        total = add(total, zero_rows_sum_at(np.arange(a, min(stop, a + chunk), dtype=np.uint64)))
+    return total
 
 
 def block_sum(block: np.ndarray, first_row: int) -> int:
