@@ -11,19 +11,12 @@ the same bits, in RAM or on disk.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
 from .errors import ConfigError, ShapeError
-from .store.rowinit import DISTRIBUTIONS, RowInit, uniform_at
-
-
-def uniform_rows(seed: int, key: str, shape: tuple[int, ...], start: int, stop: int) -> np.ndarray:
-    """U(0, 1) float64 values of rows ``[start, stop)`` of a ``shape`` parameter named ``key``."""
-    row = int(math.prod(shape[1:]))
-    return uniform_at(seed, key, row, np.arange(start, stop, dtype=np.int64)).reshape((stop - start, *shape[1:]))
+from .store.rowinit import DISTRIBUTIONS, RowInit
 
 
 #: name -> f(u, shape) mapping U(0, 1) draws to initial values (in place: ``u`` is overwritten).
@@ -70,4 +63,4 @@ def row_initializer(init, key: str, shape: tuple[int, ...], dtype, seed: int, la
     return lambda a, b: arr[a:b]
 
 
-__all__ = ["INITIALIZERS", "uniform_rows", "row_initializer", "check_init"]
+__all__ = ["INITIALIZERS", "row_initializer", "check_init"]

@@ -162,8 +162,7 @@ def _prime_heap() -> None:
     global _heap_primed
     if not _heap_primed:
         _heap_primed = True
-        block = np.empty(16 << 20, dtype=np.uint8)
-        del block
+        np.empty(16 << 20, dtype=np.uint8)  # mapped by malloc, and freed at once
 
 
 class Pager:
