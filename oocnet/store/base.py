@@ -481,10 +481,15 @@ class Store(abc.ABC):
             if fresh.size:
                 out[fresh] = lazy.init.at(fresh + start)
 
+    def _written_rows(self, key: str, ids: np.ndarray) -> np.ndarray | None:
+        """Which rows ``ids`` of ``key`` were written (bool each); None when all were (not a lazy table,
+        or a complete one): then the backend holds every row's value."""
+        lazy = self._lazy.get(key)
+        return None if lazy is None or lazy.complete else lazy.written(ids)
+
     def _read_set(self, key: str, ids: np.ndarray, out: np.ndarray) -> None:
         """Rows ``ids`` (sorted, unique) into ``out``; rows never written are computed, not read."""
-        lazy = self._lazy.get(key)
-        written = None if lazy is None or lazy.complete else lazy.written(ids)
+        written = self._written_rows(key, ids)
         if written is None or written.all():
             self._read_index(key, ids, out)
             self._patch_read(key, 0, 0, ids, out)
@@ -496,7 +501,7 @@ class Store(abc.ABC):
             self._patch_read(key, 0, 0, some, tmp)
             out[written] = tmp
         fresh = ~written
-        out[fresh] = lazy.init.at(ids[fresh])
+        out[fresh] = self._lazy[key].init.at(ids[fresh])
 
     def write(self, key: str, value) -> None:
         """Overwrite a whole parameter."""

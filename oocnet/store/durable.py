@@ -518,12 +518,11 @@ class DurableStore:
         delta = dict(self._hash_delta.get(key, {}))
         step = max(1, PIECE_BYTES // max(1, info.row_nbytes))
         try:
-            lazy = self._lazy.get(key)
             for a in range(0, new.size, step):
                 ids_p = new[a : a + step]
                 # A lazy table's rows never written hold zeros -- files are created so, and a
                 # rollback restores them -- so their ids alone are journaled, in a zero record.
-                written = None if lazy is None or lazy.complete else lazy.written(ids_p)
+                written = self._written_rows(key, ids_p)
                 parts = [(ids_p, True)] if written is None else [(ids_p[written], True), (ids_p[~written], False)]
                 for ids_q, stored in parts:
                     if ids_q.size == 0:
