@@ -273,6 +273,49 @@ def test_row_cache_interleaved_gathers_and_scatters_match_a_plain_array(capacity
     np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
 
 
+def test_row_cache_keeps_rows_in_regular_use_against_one_time_rows_and_follows_a_shift():
+    """Each step uses 200 of 800 working rows and 100 rows never seen again; halfway the working set
+    moves.  Once it settled, the cache should miss little more than the one-time rows, where LRU of the
+    same capacity (computed here) keeps losing working rows to them."""
+    from collections import OrderedDict
+
+    from oocnet.paging.rowcache import RowCache
+
+    capacity, once = 1000, 100
+    rng = np.random.default_rng(0)
+    steps = []
+    for base, n in ((0, 30), (1000, 60)):  # working rows [0, 800), then [1000, 1800)
+        for _ in range(n):
+            fresh = 10_000 + once * len(steps) + np.arange(once)
+            steps.append(np.unique(np.concatenate([base + rng.choice(800, 200, replace=False), fresh])))
+    store = CountingStore()
+    store.create("W", (10_000 + once * len(steps), 1), "float64")
+    cache = RowCache(store, "W", capacity)
+    lru: OrderedDict = OrderedDict()
+    ours, theirs = [], []
+    for rows in steps:
+        before = cache.misses
+        cache.gather(rows)
+        cache.scatter(rows, np.ones((rows.size, 1)))
+        ours.append(cache.misses - before)
+        missed = 0
+        for r in rows.tolist():
+            if r in lru:
+                lru.move_to_end(r)
+            else:
+                missed += 1
+                lru[r] = None
+                if len(lru) > capacity:
+                    lru.popitem(last=False)
+        theirs.append(missed)
+    assert ours[30] >= 200  # the shift itself costs the new working rows
+    settled, lru_settled = np.mean(ours[-20:]), np.mean(theirs[-20:])
+    assert settled <= 1.05 * once, ours
+    assert lru_settled > 1.4 * once, theirs  # the stream is one where recency alone does not do
+    cache.flush()
+    assert np.all(store.read_rows("W", 0, store.info("W").n_rows)[np.unique(np.concatenate(steps))] == 1)
+
+
 def test_row_cache_scatter_after_gather_of_the_same_rows_looks_up_once():
     from oocnet.paging.rowcache import RowCache
 

@@ -273,7 +273,7 @@ def test_no_vocabulary_sized_work_in_a_step(opt):
     assert np.count_nonzero(np.any(W != 0, axis=1)) <= touched.size
 
 
-@pytest.mark.parametrize("budget", [14000, 15000, 16000])  # caches of 67-84 rows, V = 120
+@pytest.mark.parametrize("budget", [17000, 18000, 20000])  # caches of 69-86 rows, V = 120
 def test_row_cache_filling_mid_batch_equals_ram(budget, tmp_path):
     """Regression: when the row cache filled up in the middle of a batch, CLOCK could hand out a
     slot it had just given to another row (two rows in one slot)."""

@@ -4,7 +4,7 @@
   LRU eviction, write-back and prefetch; row sets (sparse layers) through
   per-parameter row caches;
 * :mod:`.rowcache` -- :class:`RowCache`: the hot rows of a large table kept in RAM
-  (CLOCK eviction, dirty rows written back), so a sparse step reads from disk only
+  (S3-FIFO eviction, dirty rows written back), so a sparse step reads from disk only
   the rows it has not seen lately;
 * :mod:`.idtable` -- :class:`IdTable`: a vectorised open-addressing hash map from
   row id to cache slot, sized by the cache, never by the vocabulary.

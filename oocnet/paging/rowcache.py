@@ -10,11 +10,18 @@ the pager keeps each sparse parameter's recently used rows in a
 * a lookup maps the batch's ids to cache slots (:class:`~oocnet.paging.idtable.IdTable`);
 * misses are read from the store in one ``read_index`` call (sorted, so
   backends read contiguous runs) into free slots;
-* when the cache is full, CLOCK (second-chance) picks victims: a slot used
-  since the hand last passed gets another lap.  Victims are taken in batches of
-  1/32 of the capacity (the spare ones wait on a free list for the next
-  misses), so their write-back -- one ``write_index`` call, which on a durable
-  store means one journal ``fsync`` -- happens every few steps, not every step;
+* when the cache is full, S3-FIFO (Yang et al., SOSP 2023) picks victims.  A
+  row read in enters a small FIFO queue (a tenth of the cache); when it reaches
+  the queue's head it is evicted, unless it was used again meanwhile, in which
+  case it moves to the main queue.  The main queue is a CLOCK whose hand spares
+  a row once for each use since it last passed (up to 3).  A "ghost" remembers
+  the ids lately evicted from the small queue, so that a row coming back soon
+  after goes straight to the main queue.  Most rows of a Zipf tail are used
+  once and leave through the small queue without displacing the frequent rows.
+  Victims are taken in batches of 1/32 of the capacity (the spare ones wait on
+  a free list for the next misses), so their write-back -- one ``write_index``
+  call, which on a durable store means one journal ``fsync`` -- happens every
+  few steps, not every step;
 * :meth:`flush` writes every dirty row back (commit, close, state_dict).
 
 Everything is sized by the capacity, never by the vocabulary, and the arrays
@@ -28,7 +35,7 @@ import mmap
 import numpy as np
 
 from ..store.base import Store
-from .idtable import IdTable
+from .idtable import _GOLDEN, IdTable
 
 
 def _resident_empty(shape: tuple, dtype) -> np.ndarray:
@@ -52,6 +59,66 @@ def _resident_empty(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape(shape)  # the array keeps the map alive
 
 
+class _Ghost:
+    """Ids evicted from a cache's small queue lately: a FIFO ring of ``size`` ids, and a counting
+    filter of one byte per bucket (4-8 buckets per id) that answers "was this id in the ring?".
+
+    The answer errs only towards yes, for an id that shares a bucket with one in the ring (about 10-20%
+    of ids when the ring is full): such a row enters the main queue at once, as every row does under
+    plain CLOCK.  A counter that wraps past 255 (256 ids in one bucket) errs either way.  Neither
+    affects what the cache returns, only which row it evicts.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+        self.ids = np.empty(self.size, dtype=np.int64)
+        self.head = self.n = 0
+        buckets = self._buckets_for(self.size)
+        self.counts = np.zeros(buckets, dtype=np.uint8)
+        self._shift = np.uint64(64 - (buckets.bit_length() - 1))
+
+    @staticmethod
+    def _buckets_for(size: int) -> int:
+        buckets = 16
+        while buckets < 4 * size:
+            buckets *= 2
+        return buckets
+
+    @classmethod
+    def nbytes_for(cls, size: int) -> int:
+        """:attr:`nbytes` of a ghost of ``size`` ids, without building it."""
+        size = max(1, int(size))
+        return size * 8 + cls._buckets_for(size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.counts.nbytes
+
+    def _bucket(self, ids: np.ndarray) -> np.ndarray:
+        return ((ids.astype(np.uint64) * _GOLDEN) >> self._shift).astype(np.intp)
+
+    def add(self, ids: np.ndarray) -> None:
+        """Remember ``ids``, forgetting the oldest beyond ``size``."""
+        ids = ids[-self.size :]
+        over = self.n + ids.size - self.size
+        if over > 0:
+            old = self.ids[(self.head + np.arange(over)) % self.size]
+            np.subtract.at(self.counts, self._bucket(old), 1)
+            self.head = (self.head + over) % self.size
+            self.n -= over
+        self.ids[(self.head + self.n + np.arange(ids.size)) % self.size] = ids
+        np.add.at(self.counts, self._bucket(ids), 1)
+        self.n += ids.size
+
+    def seen(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each of ``ids`` was (probably) added among the last ``size``."""
+        return self.counts[self._bucket(ids)] > 0
+
+    def clear(self) -> None:
+        self.counts.fill(0)
+        self.head = self.n = 0
+
+
 class RowCache:
     """Up to ``capacity`` rows of ``key``, with write-back.
 
@@ -65,6 +132,8 @@ class RowCache:
         Rows held at most.
     """
 
+    FREQ_MAX = 3  # uses remembered per row (two bits' worth, as in S3-FIFO)
+
     def __init__(self, store: Store, key: str, capacity: int) -> None:
         info = store.info(key)
         self.store, self.key = store, key
@@ -72,9 +141,17 @@ class RowCache:
         self.data = _resident_empty((self.capacity, *info.row_shape), info.dtype)
         self.row_of_slot = np.full(self.capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(self.capacity, dtype=bool)
-        self.ref = np.zeros(self.capacity, dtype=bool)
         self.table = IdTable(self.capacity)
-        self.hand = 0
+        # S3-FIFO: rows enter a small FIFO queue (a ring of slots); those used again before they reach
+        # its head move to the main queue, a CLOCK whose hand spares a row once per recorded use.
+        self.freq = np.zeros(self.capacity, dtype=np.uint8)  # uses since admission / the hand's last pass
+        self.in_main = np.zeros(self.capacity, dtype=bool)
+        self.small = np.empty(self.capacity, dtype=np.int64)  # the small queue: small[head : head + n] (mod)
+        self.small_head = self.n_small = self.n_main = 0
+        self.small_target = max(1, self.capacity // 10)
+        # Rows evicted from the small queue lately: one of them read in again goes to the main queue.
+        self.ghost = _Ghost(self.capacity - self.small_target)
+        self.hand = 0  # the main queue's
         self.used = 0  # slots [0, used) have held a row
         self.free = np.empty(self.capacity, dtype=np.int64)  # evicted, empty slots: free[:n_free]
         self.n_free = 0
@@ -87,14 +164,18 @@ class RowCache:
     @staticmethod
     def nbytes_for(capacity: int, row_nbytes: int) -> int:
         """:attr:`nbytes` of a cache of ``capacity`` rows of ``row_nbytes`` bytes, without building it."""
-        # per slot: the row, row_of_slot (int64), dirty and ref (bool), free (int64); then the id table
-        return int(capacity) * (int(row_nbytes) + 8 + 1 + 1 + 8) + IdTable.nbytes_for(capacity)
+        # per slot: the row, row_of_slot (int64), dirty (bool), freq (uint8), in_main (bool), free and
+        # small (int64); then the id table and the ghost
+        capacity = int(capacity)
+        return (capacity * (int(row_nbytes) + 8 + 1 + 1 + 1 + 8 + 8) + IdTable.nbytes_for(capacity)
+                + _Ghost.nbytes_for(capacity - max(1, capacity // 10)))
 
     @property
     def nbytes(self) -> int:
         """Bytes the cache may hold at full occupancy (its budget)."""
-        return (self.data.nbytes + self.row_of_slot.nbytes + self.dirty.nbytes + self.ref.nbytes
-                + self.free.nbytes + self.table.nbytes)
+        return (self.data.nbytes + self.row_of_slot.nbytes + self.dirty.nbytes + self.freq.nbytes
+                + self.in_main.nbytes + self.free.nbytes + self.small.nbytes + self.table.nbytes
+                + self.ghost.nbytes)
 
     def fits(self, n_rows: int) -> bool:
         """Whether a batch touching ``n_rows`` distinct rows can be served from the cache."""
@@ -102,10 +183,11 @@ class RowCache:
 
     # -- slots ---------------------------------------------------------------------------
     def _victims(self, k: int, protect: np.ndarray) -> np.ndarray:
-        """``k`` empty slots: never-used ones first, then freed ones, then CLOCK victims.
+        """``k`` empty slots: never-used ones first, then freed ones, then evicted ones.
 
-        CLOCK evicts at least ``batch`` rows at a time; dirty victims are written
-        back, and the slots not needed now go on the free list.
+        Eviction takes at least ``batch`` rows at a time (see the class docstring
+        for the policy); dirty victims are written back, and the slots not needed
+        now go on the free list.
         """
         fresh = np.arange(self.used, min(self.capacity, self.used + k))
         self.used += fresh.size
@@ -126,26 +208,22 @@ class RowCache:
         wanted = need
         need = max(need, min(self.batch, self.capacity - int(np.count_nonzero(guard))))
         chosen: list[np.ndarray] = []
-        # At most two laps: the first clears reference bits, the second finds them clear.
+        # The main queue's hand finds every unguarded row at frequency 0 within FREQ_MAX + 1 laps.
+        # If the small queue is at its share and every main row is guarded, the small queue gives.
         window = max(need * 2, 1024)
-        scanned = 0
+        scanned, limit = 0, (self.FREQ_MAX + 2) * self.capacity
         while need > 0:
-            idx = (self.hand + np.arange(min(window, self.capacity))) % self.capacity
-            ok = ~self.ref[idx] & ~guard[idx]
-            take = np.flatnonzero(ok)[:need]
-            if take.size:
-                picked = idx[take]
-                chosen.append(picked)
-                guard[picked] = True
-                need -= take.size
-                last = take[-1] + 1 if need == 0 else idx.size
-            else:
-                last = idx.size
-            self.ref[idx[:last]] = False  # second chance used up for what the hand passed
-            self.hand = int((self.hand + last) % self.capacity)
-            scanned += last
-            if scanned > 3 * self.capacity:  # pragma: no cover - protect covers < capacity
+            if self.n_small and (self.n_small > self.small_target or self.n_main == 0 or scanned > limit):
+                got = self._pop_small(need, guard)
+            elif self.n_main and scanned <= 2 * limit:
+                got, passed = self._sweep_main(need, guard, window)
+                scanned += passed
+            else:  # pragma: no cover - protect + k <= capacity leaves enough unguarded rows
                 raise RuntimeError("row cache could not find free slots")
+            if got.size:
+                chosen.append(got)
+                guard[got] = True
+                need -= got.size
         victims = np.concatenate(chosen)
         self._memo = None  # these slots change hands
         self._write_back(victims)
@@ -155,6 +233,50 @@ class RowCache:
         self.free[self.n_free : self.n_free + spare.size] = spare
         self.n_free += spare.size
         return np.concatenate([fresh, victims[:wanted]])
+
+    def _pop_small(self, need: int, guard: np.ndarray) -> np.ndarray:
+        """Take up to ``need`` slots off the small queue's head: rows used again since admission move
+        to the main queue, the others are victims (returned)."""
+        n = min(need, self.n_small)
+        popped = self.small[(self.small_head + np.arange(n)) % self.capacity]
+        self.small_head = (self.small_head + n) % self.capacity
+        self.n_small -= n
+        keep = (self.freq[popped] > 0) | guard[popped]
+        promoted = popped[keep]
+        self.in_main[promoted] = True
+        self.freq[promoted] = 0
+        self.n_main += promoted.size
+        victims = popped[~keep]
+        self.ghost.add(self.row_of_slot[victims])
+        return victims
+
+    def _sweep_main(self, need: int, guard: np.ndarray, window: int) -> tuple[np.ndarray, int]:
+        """Move the main queue's hand over at most ``window`` slots: rows at frequency 0 are victims
+        (up to ``need``, returned), the others passed lose one.  Returns (victims, slots passed)."""
+        idx = (self.hand + np.arange(min(window, self.capacity))) % self.capacity
+        main = self.in_main[idx]
+        f = self.freq[idx]
+        take = np.flatnonzero(main & (f == 0) & ~guard[idx])[:need]
+        last = take[-1] + 1 if take.size == need else idx.size
+        passed = idx[:last]
+        self.freq[passed] = f[:last] - (main[:last] & (f[:last] > 0))
+        self.hand = int((self.hand + last) % self.capacity)
+        picked = idx[take]
+        self.in_main[picked] = False
+        self.n_main -= picked.size
+        return picked, int(last)
+
+    def _admit(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Queue newly filled ``slots`` (holding ``rows``), unused so far: rows the ghost remembers
+        at the main queue, the others at the small queue's tail."""
+        self.freq[slots] = 0
+        back = self.ghost.seen(rows)
+        main, small = slots[back], slots[~back]
+        self.in_main[main] = True
+        self.n_main += main.size
+        self.in_main[small] = False
+        self.small[(self.small_head + self.n_small + np.arange(small.size)) % self.capacity] = small
+        self.n_small += small.size
 
     def _write_back(self, slots: np.ndarray) -> None:
         slots = slots[self.dirty[slots]]
@@ -174,24 +296,25 @@ class RowCache:
         """Slots holding ``rows`` (sorted, unique, at most ``capacity``), reading misses if ``load``."""
         memo = self._memo
         if memo is not None and memo[0].size == rows.size and np.array_equal(memo[0], rows):
-            self.hits += rows.size
-            self.ref[memo[1]] = True
+            self.hits += rows.size  # the same use as the lookup that made the memo: not counted again
             return memo[1].copy()
         slots = self.table.lookup(rows)
         miss = slots < 0
         n_miss = int(np.count_nonzero(miss))
         self.hits += rows.size - n_miss
+        hit = slots[~miss] if n_miss else slots
+        self.freq[hit] = np.minimum(self.freq[hit], self.FREQ_MAX - 1) + 1
         if n_miss:
             self.misses += n_miss
-            new = self._victims(n_miss, slots[~miss])
+            new = self._victims(n_miss, hit)
             missing = rows[miss]
             if load:
                 self.data[new] = self.store.read_index(self.key, missing)
                 self.bytes_read += n_miss * self.data[0].nbytes
             self.table.insert(missing, new)
             self.row_of_slot[new] = missing
+            self._admit(new, missing)
             slots[miss] = new
-        self.ref[slots] = True
         self._memo = (rows.copy(), slots.copy())
         return slots
 
@@ -216,7 +339,10 @@ class RowCache:
         self._memo = None
         self.table.clear()
         self.row_of_slot.fill(-1)
-        self.ref.fill(False)
+        self.freq.fill(0)
+        self.in_main.fill(False)
+        self.small_head = self.n_small = self.n_main = 0
+        self.ghost.clear()
         self.used = 0
         self.n_free = 0
         self.hand = 0
