@@ -30,7 +30,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.special import ndtri
 
 from ..errors import StoreFormatError
 
@@ -108,6 +107,9 @@ def _normal(u, shape):
     eps = np.finfo(np.float64).eps
     u *= 1.0 - 2 * eps
     u += eps
+    # imported on first use: scipy.special would add ~50 ms to `import oocnet`
+    from scipy.special import ndtri
+
     ndtri(u, out=u)
     u /= math.sqrt(_fans(shape)[1])
     return u
