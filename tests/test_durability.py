@@ -198,12 +198,77 @@ def test_readers_see_the_last_commit_while_a_writer_changes_rows(backend, tmp_pa
     np.testing.assert_array_equal(reader.read_rows("w", 18, 26), committed[18:26])
     np.testing.assert_array_equal(reader.read_index("w", [24, 3, 0, 3]), committed[[24, 3, 0, 3]])
     writer.commit(step=2)
-    with pytest.raises(StoreError, match="reopen it to read the new commit"):
+    with pytest.raises(StoreError, match="reopen it to read the last commit"):
         reader.read("w")
     reader.close()
     with open_store(path, read_only=True) as fresh:
         assert fresh.last_commit["step"] == 2 and fresh.read_index("w", [3])[0, 0] == -9.0
     writer.close()
+
+
+def _churning_writer(path: str, seconds: float) -> None:
+    """Write rows to the value (generation being built); commit, or crash and reopen, at random."""
+    rng = np.random.default_rng(1)
+    w = open_store(path)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        g = w.last_commit["generation"]
+        for _ in range(rng.integers(1, 5)):
+            rows = np.unique(rng.integers(0, 2000, 50))
+            w.write_index("W", rows, np.full((rows.size, 8), float(g + 1)))
+            w.flush()
+        x = rng.random()
+        if x < 0.6:
+            w.commit()
+        elif x < 0.8:
+            w.mark_failed()  # a crash: the next open rolls back
+            w.close()
+            w = open_store(path)
+    w.commit()
+    w.close()
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_readers_never_see_uncommitted_rows_while_a_writer_commits_and_crashes(backend, tmp_path, lazy):
+    """For 2 s a writer process writes rows (each to the generation it builds), commits or "crashes"
+    (and rolls back on reopening); readers open and read meanwhile.  Each read is the reader's commit
+    (no row above its generation, no torn row) or an error telling it to reopen -- nothing else."""
+    import multiprocessing
+
+    from oocnet.store.rowinit import RowInit
+
+    path = store_path(tmp_path, backend)
+    with open_store(path) as w:
+        w.create("W", (2000, 8), "float64", RowInit("constant", 0, "W", (2000, 8), "float64") if lazy else None)
+        w.commit()
+    writer = multiprocessing.get_context("fork").Process(target=_churning_writer, args=(str(path), 2.0))
+    writer.start()
+    rng = np.random.default_rng(2)
+    reads = 0
+    try:
+        while writer.is_alive():
+            try:
+                r = open_store(path, read_only=True)
+            except StoreError as exc:
+                assert "reopen" in str(exc)
+                continue
+            try:
+                g = r.last_commit["generation"]
+                for _ in range(10):
+                    a = r.read("W") if rng.random() < 0.5 else r.read_index("W", np.unique(rng.integers(0, 2000, 100)))
+                    assert np.all(a.max(axis=1) == a.min(axis=1)), "a torn row"
+                    assert a.max() <= g, f"a row of generation {a.max()} read at generation {g}"
+                    reads += 1
+            except StoreError as exc:
+                assert "reopen" in str(exc)
+            finally:
+                r.close()
+    finally:
+        writer.join(30)
+    assert writer.exitcode == 0 and reads > 50
+    with open_store(path, read_only=True) as r:
+        assert r.read("W").max() <= r.last_commit["generation"]
 
 
 # -- one writer -----------------------------------------------------------------------------------

@@ -181,6 +181,46 @@ def test_a_reader_sees_the_committed_rows_while_a_writer_writes_new_ones(tmp_pat
             r.close()
 
 
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_open_across_a_rollback_is_told_to_reopen(tmp_path, backend, lazy):
+    """A writer crashes and reopens, rolling back rows a reader may have read already; then it writes
+    again, in a new journal whose records line up with the old one's.  The reader must not go on
+    (it once read the new journal from its place in the old one, skipping the first record, and
+    returned that row's uncommitted value); a reader opened after the rollback reads the commit."""
+    init = _init()
+    path = _path(tmp_path, backend)
+    w = open_store(path)
+    _table(w, init)
+    if not lazy:  # rows written before the commit: journaled with their bytes, not as zero records
+        w.write_rows("emb/W", 0, init.at(np.arange(1000)))
+    w.commit()
+    committed = w.read("emb/W").copy()
+    r = open_store(path, read_only=True)
+    try:
+        w.write_index("emb/W", [5], np.full((1, 6), 1.0))
+        w.flush()
+        np.testing.assert_array_equal(r.read_index("emb/W", [5]), committed[[5]])  # takes in record 1
+        w.mark_failed()  # a crash: nothing since the commit is kept
+        w.close()
+        w = open_store(path)  # rolls the journal back and deletes it
+        late = open_store(path, read_only=True)
+        for row, value in ((7, 2.0), (9, 3.0)):  # a new journal, records of the same sizes
+            w.write_index("emb/W", [row], np.full((1, 6), value))
+            w.flush()
+        with pytest.raises(StoreError, match="rolled back.*reopen"):
+            r.read_index("emb/W", [5, 7, 9])
+        np.testing.assert_array_equal(late.read_index("emb/W", [5, 7, 9]), committed[[5, 7, 9]])
+        np.testing.assert_array_equal(late.read("emb/W"), committed)
+        w.commit()
+        with pytest.raises(StoreError, match="reopen"):
+            late.read_index("emb/W", [7])
+        late.close()
+    finally:
+        r.close()
+        w.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_commit_keeps_one_bitmap_and_rewrites_it_only_when_rows_were_first_written(tmp_path, backend):
     init = _init()

@@ -494,12 +494,12 @@ class Store(abc.ABC):
             self._read_index(key, ids, out)
             self._patch_read(key, 0, 0, ids, out)
             return
-        if written.any():
-            some = ids[written]
-            tmp = np.empty((some.size, *out.shape[1:]), dtype=out.dtype)
+        some = ids[written]
+        tmp = np.empty((some.size, *out.shape[1:]), dtype=out.dtype)
+        if some.size:
             self._read_index(key, some, tmp)
-            self._patch_read(key, 0, 0, some, tmp)
-            out[written] = tmp
+        self._patch_read(key, 0, 0, some, tmp)  # with no row on disk too: a reader checks for a commit
+        out[written] = tmp
         fresh = ~written
         out[fresh] = self._lazy[key].init.at(ids[fresh])
 

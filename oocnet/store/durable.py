@@ -67,6 +67,15 @@ patches those rows back.  It then checks the commit record: if the writer has
 committed since the reader opened, the journal that held the old images is
 gone, and the read fails asking to reopen.  (A reader holds at most 1 GiB of
 old images.)
+
+A reader holds an fd on the commit record and on the journal it reads (a *pin*):
+while it is held that inode cannot be reused, so a file found under the same
+name with another inode was replaced -- a (size, mtime) stamp can repeat within
+a clock tick -- and journal records are read through the pin, never from a
+journal that replaced it.  A writer reopening after a crash rolls back rows a
+reader may already have read, and deletes the journal that would have patched
+them; so before rolling back it rewrites the commit record (same content, a new
+inode), and a reader that finds either file replaced is told to reopen.
 """
 
 from __future__ import annotations
@@ -115,6 +124,38 @@ def at(point: str) -> None:
     """Pass a named point of the protocol (see FAULT_HOOK)."""
     if FAULT_HOOK is not None:
         FAULT_HOOK(point)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreIOError(f"reading {path} failed: {exc}.") from exc
+    return (st.st_dev, st.st_ino)
+
+
+def _pin(path: Path) -> tuple[int, tuple[int, int]] | None:
+    """An fd held on the file at ``path`` and its (device, inode); None if there is none.
+
+    While the fd is open the inode cannot be reused, so a file later found under the same name
+    with the same identity is this one (a (size, mtime) stamp could repeat within a clock tick).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreIOError(f"opening {path} failed: {exc}.") from exc
+    st = os.fstat(fd)
+    return fd, (st.st_dev, st.st_ino)
+
+
+def _unpin(pin: tuple[int, tuple[int, int]] | None) -> None:
+    if pin is not None:
+        os.close(pin[0])
 
 
 def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
@@ -227,6 +268,10 @@ class DurableStore:
         self._lazy_record: dict[str, dict] = {}  # the last commit's "lazy" section
         self._lazy_keys: set[str] = set()  # parameters the data marks as created lazily (see _mark_lazy)
         self._lock_fd = -1
+        # A reader's pins: fds held on the commit record and on the journal it has read, so that a
+        # file replaced under the same name always shows as another inode (see _refresh_snapshot).
+        self._record_pin: tuple[int, tuple[int, int]] | None = None
+        self._journal_pin: tuple[int, tuple[int, int]] | None = None
 
     @property
     def last_commit(self) -> dict:
@@ -281,15 +326,22 @@ class DurableStore:
             # A writer may commit while this reader opens.  The record's stamp is taken now and
             # compared at every read; a commit that landed since the record was loaded shows
             # as a newer generation here.  Either way the reader is told to reopen.
-            self._record_stat = self._stat_record()
-            if self._on_disk_generation() not in (gen, None):
+            self._record_pin = _pin(self._commit_record_path())
+            if self._on_disk_generation() not in (gen, None) or self._record_replaced():
                 raise self._committed_since()
         self._load_lazy(record.get("lazy", {}) if record is not None else {})
         stale = [k for k in self._keys() if k not in self._checksums]
         rolled = False
         path = self._journal_path()
         if path.exists():
-            base = jr.read_base_generation(path)
+            try:
+                base = jr.read_base_generation(path)
+            except StoreIOError:
+                if not self.read_only:
+                    raise
+                # Deleted by the writer since the check (a commit or a rollback): the first read
+                # (_refresh_snapshot) looks at whatever journal is there then.
+                base = None
             if base is not None and base > gen:
                 if self.read_only and self._on_disk_generation() != gen:
                     raise self._committed_since()
@@ -298,6 +350,11 @@ class DurableStore:
                     f"expected a generation <= {gen}. The commit record may have been replaced by an older copy."
                 )
             if base == gen and not self.read_only:
+                if record is not None:
+                    # Readers open now may have read rows this rollback undoes; the journal that
+                    # would patch them goes next.  A rewritten record (another inode) tells them
+                    # to reopen (_refresh_snapshot).
+                    self._persist_commit(record)
                 self._rollback(path)
                 rolled = True
             if not self.read_only:
@@ -321,50 +378,60 @@ class DurableStore:
     #: A reader keeps at most this many bytes of old row images; past it, reopen after a commit.
     SNAPSHOT_BYTES = 2**30
 
-    def _stat_record(self):
-        try:
-            st = os.stat(self._commit_record_path())
-        except FileNotFoundError:
-            return None
-        return (st.st_size, st.st_mtime_ns)
+    def _record_replaced(self) -> bool:
+        """Whether the commit record's name now holds another file than the one pinned."""
+        return _identity(self._commit_record_path()) != (self._record_pin[1] if self._record_pin else None)
+
+    def _journal_replaced(self, path: Path) -> bool:
+        """Whether the journal this reader has read from is no longer the one at ``path``."""
+        return self._journal_pin is not None and _identity(path) != self._journal_pin[1]
 
     def _refresh_snapshot(self) -> None:
-        """Take in journal records appended since the last look; fail if a writer committed since open."""
+        """Take in journal records appended since the last look; fail if the writer committed or rolled
+        back since this reader opened.
+
+        A reader reads data first, then patches it from the journal.  Both files are pinned (an fd
+        held on each), so that a file replaced under the same name is always another inode, and
+        records are read through the pin, never from a journal that replaced it.  A journal
+        replaced at the same generation means a rollback (a writer reopened after a crash): rows
+        read before it may hold values the rollback undid, which the new journal does not know --
+        so does the commit record, which a rolling-back writer rewrites first (_durable_open).
+        """
         path = self._journal_path()
         try:
-            size = os.path.getsize(path)
-        except FileNotFoundError:
-            size = 0
-        try:
-            self._take_in_journal(path, size)
-        except (StoreIOError, StoreFormatError) as exc:
-            # The journal went away, or was replaced by the next one: did the writer commit?
-            if self._on_disk_generation() == self._commit["generation"]:
-                raise
-            raise self._committed_since() from exc
-        st = self._stat_record()
-        if st != self._record_stat:
-            if self._read_generation() != self._commit["generation"]:
+            if self._journal_replaced(path):
                 raise self._committed_since()
-            self._record_stat = st
+            self._take_in_journal(path)
+        except (StoreIOError, StoreFormatError) as exc:
+            # The journal went away, or was replaced by the next one, while it was read?
+            if (self._journal_replaced(path) or self._record_replaced()
+                    or self._on_disk_generation() != self._commit["generation"]):
+                raise self._committed_since() from exc
+            raise
+        if self._journal_replaced(path) or self._record_replaced():
+            raise self._committed_since()
 
-    def _committed_since(self) -> StoreError:
-        return StoreError(
-            f"{self.path} was committed by its writer since this read-only store was opened at "
-            f"generation {self._commit['generation']}; reopen it to read the new commit."
-        )
-
-    def _take_in_journal(self, path: Path, size: int) -> None:
-        if size and self._snap_pos is None and jr.read_base_generation(path) == self._commit["generation"]:
-            self._snap_pos = jr._HEAD.size
-        if self._snap_pos is not None and size > self._snap_pos:
+    def _take_in_journal(self, path: Path) -> None:
+        if self._snap_pos is None:
+            pin = _pin(path)
+            if pin is None:
+                return  # no journal: nothing changed since the commit
+            if jr.read_base_generation(path, pin[0]) != self._commit["generation"]:
+                # Another commit's journal (the record check tells), or one being created: look
+                # again at the next read.
+                _unpin(pin)
+                return
+            self._journal_pin, self._snap_pos = pin, jr._HEAD.size
+        size = os.fstat(self._journal_pin[0]).st_size
+        if size > self._snap_pos:
             end: list = []
             infos = {k: self._info(k) for k in self._keys()}
+            fd = self._journal_pin[0]
             recs = jr.scan(path, lambda k: infos[k].row_nbytes if k in infos else None, start=self._snap_pos,
-                           end_out=end)
+                           end_out=end, fd=fd)
             for rec in recs:
                 info = infos[rec.key]
-                old = np.frombuffer(jr.read_rows(path, rec, 0, rec.ids.size), dtype=info.dtype)
+                old = np.frombuffer(jr.read_rows(path, rec, 0, rec.ids.size, fd), dtype=info.dtype)
                 old = old.reshape((rec.ids.size, *info.row_shape))
                 have_ids, have_rows = self._snap.get(rec.key, (np.zeros(0, np.int64), old[:0]))
                 fresh = ~np.isin(rec.ids, have_ids)  # the oldest image of a row wins
@@ -379,6 +446,12 @@ class DurableStore:
                     f"a writer has changed more than {self.SNAPSHOT_BYTES >> 20} MiB of {self.path} since this "
                     f"read-only store was opened; reopen it after the writer's next commit."
                 )
+
+    def _committed_since(self) -> StoreError:
+        return StoreError(
+            f"{self.path} was committed (or rolled back after a crash) by its writer since this read-only "
+            f"store was opened at generation {self._commit['generation']}; reopen it to read the last commit."
+        )
 
     def _patch_read(self, key, start, stop, ids, out) -> None:
         if not self.read_only or self._closed:
@@ -765,6 +838,9 @@ class DurableStore:
             journal.close()
 
     def _durable_close(self) -> None:
+        for pin in (self._record_pin, self._journal_pin):
+            _unpin(pin)
+        self._record_pin = self._journal_pin = None
         if self._journal is not None:
             self._journal.close()
             self._journal = None

@@ -182,10 +182,20 @@ def delete(path: Path, dir_fd: int) -> None:
         raise _io(exc, "syncing the folder of", path) from exc
 
 
-def read_base_generation(path: Path) -> int | None:
-    """The base generation of the journal at ``path``; None if its header never became complete."""
+def _open(path: Path, fd: int | None):
+    """``path`` opened for reading -- or, given ``fd`` (a reader's pin), the file that fd holds."""
     try:
-        with open(path, "rb") as f:
+        return open(path, "rb") if fd is None else os.fdopen(os.dup(fd), "rb")
+    except OSError as exc:
+        raise _io(exc, "reading", path) from exc
+
+
+def read_base_generation(path: Path, fd: int | None = None) -> int | None:
+    """The base generation of the journal at ``path`` (or held by ``fd``); None if its header never
+    became complete."""
+    try:
+        with _open(path, fd) as f:
+            f.seek(0)
             head = f.read(_HEAD.size)
     except OSError as exc:
         raise _io(exc, "reading", path) from exc
@@ -211,7 +221,7 @@ class Record:
 
 
 def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = None,
-         end_out: list | None = None) -> list[Record]:
+         end_out: list | None = None, fd: int | None = None) -> list[Record]:
     """Every complete record of the journal at ``path``, oldest first, checksums verified.
 
     Reads the file once in ``chunk``-sized pieces (a journal can be as large as
@@ -219,14 +229,11 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = 
     expected row size, or None for a key the store does not hold.  A torn last
     record ends the list; a complete but corrupt record raises StoreFormatError.
     With ``start``, scanning begins at that byte (the end of a previous scan,
-    which ``end_out`` receives as its one element).
+    which ``end_out`` receives as its one element).  With ``fd``, the file that fd holds is read
+    (``path`` names it in messages).
     """
     out: list[Record] = []
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise _io(exc, "reading", path) from exc
-    with f:
+    with _open(path, fd) as f:
         size = os.fstat(f.fileno()).st_size
         pos = _HEAD.size if start is None else start
         while pos < size:
@@ -268,13 +275,13 @@ def scan(path: Path, row_nbytes_of, chunk: int = 4 * 2**20, start: int | None = 
     return out
 
 
-def read_rows(path: Path, record: Record, start: int, stop: int) -> bytes:
-    """The old bytes of rows ``record.ids[start:stop]``."""
+def read_rows(path: Path, record: Record, start: int, stop: int, fd: int | None = None) -> bytes:
+    """The old bytes of rows ``record.ids[start:stop]`` (from the file ``fd`` holds, if given)."""
     if record.zeros:
         return bytes((stop - start) * record.row_nbytes)
     want = (stop - start) * record.row_nbytes
     try:
-        with open(path, "rb") as f:
+        with _open(path, fd) as f:
             f.seek(record.offset + start * record.row_nbytes)
             data = f.read(want)
     except OSError as exc:
