@@ -856,3 +856,43 @@ def test_after_an_interrupted_step_no_block_stays_checked_out(tmp_path):
     assert not [e for e in model.pager._cache.values() if e.pins]
     model.predict(_XS)  # the model still pages (a broken step forbids commits, not reads)
     model.close()
+
+
+@pytest.mark.parametrize("rows_per_write", [3, 400])
+def test_the_set_of_rows_changed_since_the_commit_matches_a_python_set(rows_per_write):
+    """RowSet (array while small, bitmap past n_rows / 8 bytes) against a plain set."""
+    rng = np.random.default_rng(rows_per_write)
+    n = 10_007
+    rows, ref = durable.RowSet(n), set()
+    for _ in range(40):
+        ids = np.unique(rng.integers(0, n, rows_per_write))
+        new = rows.new(ids)
+        assert new.tolist() == sorted(set(ids.tolist()) - ref)
+        rows.add(new)
+        ref |= set(new.tolist())
+        assert rows.size == len(ref) and rows.nbytes <= max(8 * len(ref), (n + 7) // 8)
+        for piece in (1, 5, 64):
+            parts = list(rows.pieces(piece))
+            assert all(p.size <= max(piece, 8) for p in parts)
+            assert np.concatenate([np.zeros(0, np.int64), *parts]).tolist() == sorted(ref)
+    assert (rows.bits is not None) == (8 * len(ref) > (n + 7) // 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_changing_most_rows_between_commits_keeps_a_bitmap_and_commits_them_exactly(backend, tmp_path):
+    path = store_path(tmp_path, backend)
+    n = 20_000
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((n, 4))
+    with open_store(path) as s:
+        s.create("w", (n, 4), "float64", init=ref.copy())
+        s.commit()
+        for _ in range(20):
+            ids = np.unique(rng.integers(0, n, 1500))
+            ref[ids] = rng.standard_normal((ids.size, 4))
+            s.write_index("w", ids, ref[ids])
+        assert s._journaled["w"].nbytes <= n // 8  # a bitmap, not 8 bytes a row
+        s.commit()
+    with open_store(path, read_only=True) as s:
+        assert s.verify() == []
+        np.testing.assert_array_equal(s.read("w"), ref)
