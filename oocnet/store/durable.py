@@ -381,9 +381,9 @@ class DurableStore:
             self._checksums = {k: [None] * len(self._blocks(k)) for k in self._keys()}
         gen = self._commit["generation"]
         if self.read_only:
-            # A writer may commit while this reader opens.  The record's stamp is taken now and
-            # compared at every read; a commit that landed since the record was loaded shows
-            # as a newer generation here.  Either way the reader is told to reopen.
+            # A writer may commit while this reader opens.  The record is pinned now and checked
+            # at every read; a commit that landed since the record was loaded shows as a newer
+            # generation here.  Either way the reader is told to reopen.
             self._record_pin = _pin(self._commit_record_path())
             if self._on_disk_generation() not in (gen, None) or self._record_replaced():
                 raise self._committed_since()
