@@ -221,6 +221,93 @@ def test_a_reader_open_across_a_rollback_is_told_to_reopen(tmp_path, backend, la
         w.close()
 
 
+def _fds_on(folder) -> int:
+    n = 0
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{f}").startswith(str(folder))
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open fds through /proc")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reader_read_from_two_threads_takes_in_the_journal_once(tmp_path, backend, monkeypatch):
+    """The pager reads from two threads.  Two refreshes at once each pinned the journal (one fd was
+    never closed) and each wrote the snapshot back (the later could drop the other's images)."""
+    import threading
+    import time
+
+    from oocnet.store import journal
+
+    init = _init()
+    path = _path(tmp_path, backend)
+    w = open_store(path)
+    _table(w, init)
+    w.write_rows("emb/W", 0, init.at(np.arange(1000)))
+    w.commit()
+    committed = w.read("emb/W").copy()
+    r = open_store(path, read_only=True)
+    for row in (5, 7):
+        w.write_index("emb/W", [row], np.full((1, 6), 2.0))
+        w.flush()
+    real = journal.read_base_generation
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)  # both threads past "no journal taken in yet"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "read_base_generation", slow)
+    got = {}
+    threads = [threading.Thread(target=lambda row=row: got.update({row: r.read_index("emb/W", [row])}))
+               for row in (5, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for row in (5, 7):
+        np.testing.assert_array_equal(got[row], committed[[row]])
+    r.close()
+    w.close()
+    assert _fds_on(tmp_path) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open fds through /proc")
+def test_a_reader_refused_a_damaged_journal_header_keeps_no_fd_on_it(tmp_path):
+    path = tmp_path / "s"
+    with open_store(path) as w:
+        w.create("W", (100, 4), "float64")
+        w.commit()
+    r = open_store(path, read_only=True)
+    (path / "journal").write_bytes(b"X" * 64)  # a journal of another format, or damaged
+    for _ in range(3):
+        with pytest.raises(StoreFormatError):
+            r.read_index("W", [0])
+    r.close()
+    assert _fds_on(tmp_path) == 0
+
+
+def test_a_reader_goes_on_when_the_record_is_rewritten_without_a_commit_or_rollback(tmp_path):
+    """A memmap writer deleting a parameter created since the commit rewrites the manifest (the
+    commit record's file) at the same generation: nothing the reader reads has changed."""
+    path = tmp_path / "s"
+    w = open_store(path)
+    w.create("W", (100, 4), "float64", init=lambda a, b: np.ones((b - a, 4)))
+    w.commit()
+    r = open_store(path, read_only=True)
+    np.testing.assert_array_equal(r.read_index("W", [0]), np.ones((1, 4)))
+    w.create("tmp", (10, 4), "float64")
+    w.delete("tmp")
+    np.testing.assert_array_equal(r.read_index("W", [0, 99]), np.ones((2, 4)))
+    w.write_index("W", [0], np.zeros((1, 4)))
+    w.commit()
+    with pytest.raises(StoreError, match="reopen"):
+        r.read_index("W", [0])
+    r.close()
+    w.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_commit_keeps_one_bitmap_and_rewrites_it_only_when_rows_were_first_written(tmp_path, backend):
     init = _init()

@@ -74,8 +74,13 @@ name with another inode was replaced -- a (size, mtime) stamp can repeat within
 a clock tick -- and journal records are read through the pin, never from a
 journal that replaced it.  A writer reopening after a crash rolls back rows a
 reader may already have read, and deletes the journal that would have patched
-them; so before rolling back it rewrites the commit record (same content, a new
-inode), and a reader that finds either file replaced is told to reopen.
+them; so before rolling back it rewrites the commit record with a "rollbacks"
+count raised by one.  A reader that finds the journal replaced, or the record
+replaced with another generation or rollback count, is told to reopen; a record
+rewritten at the same ones (a parameter created since the commit deleted, an
+HDF5 restamp) is pinned anew and reading goes on.  A reader's refresh runs under
+a lock: the pager reads from two threads.  (A store written before commit
+records existed has no record to rewrite; its readers are not told of a rollback.)
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import zlib
 from pathlib import Path
 
@@ -156,6 +162,12 @@ def _pin(path: Path) -> tuple[int, tuple[int, int]] | None:
 def _unpin(pin: tuple[int, tuple[int, int]] | None) -> None:
     if pin is not None:
         os.close(pin[0])
+
+
+def _mark(record: dict | None) -> tuple[int, int]:
+    """(generation, rollbacks) of a commit record: what a reader checks the record against."""
+    record = record or {}
+    return int(record.get("generation", 0)), int(record.get("rollbacks", 0))
 
 
 class RowSet:
@@ -307,8 +319,12 @@ class DurableStore:
     def _commit_record_path(self) -> Path:
         """The file holding the commit record."""
 
+    def _read_commit(self) -> dict:
+        """The commit record on disk now (``{}`` if the store has none)."""
+
     def _read_generation(self) -> int:
         """The generation in the commit record on disk now."""
+        return int(self._read_commit().get("generation", 0))
 
     # -- state -------------------------------------------------------------------------
     def _durable_init(self, dir_fd: int) -> None:
@@ -330,6 +346,8 @@ class DurableStore:
         # file replaced under the same name always shows as another inode (see _refresh_snapshot).
         self._record_pin: tuple[int, tuple[int, int]] | None = None
         self._journal_pin: tuple[int, tuple[int, int]] | None = None
+        self._record_mark: tuple[int, int] = (0, 0)  # (generation, rollbacks) of the record this reader opened
+        self._snap_lock = threading.Lock()  # a reader's refresh and patch: the pager reads from two threads
 
     @property
     def last_commit(self) -> dict:
@@ -384,9 +402,15 @@ class DurableStore:
             # A writer may commit while this reader opens.  The record is pinned now and checked
             # at every read; a commit that landed since the record was loaded shows as a newer
             # generation here.  Either way the reader is told to reopen.
+            self._record_mark = _mark(record)
             self._record_pin = _pin(self._commit_record_path())
             if self._on_disk_generation() not in (gen, None) or self._record_replaced():
                 raise self._committed_since()
+            try:
+                if _mark(self._read_commit()) != self._record_mark:  # a rollback since the record was loaded
+                    raise self._committed_since()
+            except (StoreIOError, StoreFormatError):
+                pass  # unreadable now: the reads check again
         self._load_lazy(record.get("lazy", {}) if record is not None else {})
         stale = [k for k in self._keys() if k not in self._checksums]
         rolled = False
@@ -410,8 +434,9 @@ class DurableStore:
             if base == gen and not self.read_only:
                 if record is not None:
                     # Readers open now may have read rows this rollback undoes; the journal that
-                    # would patch them goes next.  A rewritten record (another inode) tells them
-                    # to reopen (_refresh_snapshot).
+                    # would patch them goes next.  The record is rewritten first with its rollback
+                    # count raised, which tells them to reopen (_check_record).
+                    record = {**record, "rollbacks": _mark(record)[1] + 1}
                     self._persist_commit(record)
                 self._rollback(path)
                 rolled = True
@@ -440,6 +465,26 @@ class DurableStore:
         """Whether the commit record's name now holds another file than the one pinned."""
         return _identity(self._commit_record_path()) != (self._record_pin[1] if self._record_pin else None)
 
+    def _check_record(self) -> None:
+        """Tell the reader to reopen if a commit or a rollback rewrote the commit record since it opened.
+
+        A record rewritten for another reason (a writer deleting a parameter created since the
+        commit) keeps its generation and rollback count: the reader pins the new file and goes on.
+        """
+        if not self._record_replaced():
+            return
+        path = self._commit_record_path()
+        pin = _pin(path)
+        try:
+            same = pin is not None and _mark(self._read_commit()) == self._record_mark and _identity(path) == pin[1]
+        except (StoreIOError, StoreFormatError):
+            same = False
+        if not same:
+            _unpin(pin)
+            raise self._committed_since()
+        _unpin(self._record_pin)
+        self._record_pin = pin
+
     def _journal_replaced(self, path: Path) -> bool:
         """Whether the journal this reader has read from is no longer the one at ``path``."""
         return self._journal_pin is not None and _identity(path) != self._journal_pin[1]
@@ -453,7 +498,8 @@ class DurableStore:
         records are read through the pin, never from a journal that replaced it.  A journal
         replaced at the same generation means a rollback (a writer reopened after a crash): rows
         read before it may hold values the rollback undid, which the new journal does not know --
-        so does the commit record, which a rolling-back writer rewrites first (_durable_open).
+        so does the commit record, which a rolling-back writer rewrites first with its rollback
+        count raised (_durable_open, _check_record).
         """
         path = self._journal_path()
         try:
@@ -462,19 +508,25 @@ class DurableStore:
             self._take_in_journal(path)
         except (StoreIOError, StoreFormatError) as exc:
             # The journal went away, or was replaced by the next one, while it was read?
-            if (self._journal_replaced(path) or self._record_replaced()
-                    or self._on_disk_generation() != self._commit["generation"]):
+            if self._journal_replaced(path) or self._on_disk_generation() != self._commit["generation"]:
                 raise self._committed_since() from exc
+            self._check_record()
             raise
-        if self._journal_replaced(path) or self._record_replaced():
+        if self._journal_replaced(path):
             raise self._committed_since()
+        self._check_record()
 
     def _take_in_journal(self, path: Path) -> None:
         if self._snap_pos is None:
             pin = _pin(path)
             if pin is None:
                 return  # no journal: nothing changed since the commit
-            if jr.read_base_generation(path, pin[0]) != self._commit["generation"]:
+            try:
+                base = jr.read_base_generation(path, pin[0])
+            except BaseException:
+                _unpin(pin)
+                raise
+            if base != self._commit["generation"]:
                 # Another commit's journal (the record check tells), or one being created: look
                 # again at the next read.
                 _unpin(pin)
@@ -514,8 +566,9 @@ class DurableStore:
     def _patch_read(self, key, start, stop, ids, out) -> None:
         if not self.read_only or self._closed:
             return
-        self._refresh_snapshot()
-        snap = self._snap.get(key)
+        with self._snap_lock:  # one refresh at a time: two would each pin the journal and write _snap
+            self._refresh_snapshot()
+            snap = self._snap.get(key)
         if snap is None:
             return
         s_ids, s_rows = snap

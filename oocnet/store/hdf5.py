@@ -916,9 +916,8 @@ class HDF5Store(DurableStore, Store):
     def _commit_record_path(self) -> Path:
         return self._sidecar(".commit.json")
 
-    def _read_generation(self) -> int:
-        doc = self._load_commit()
-        return int(doc["generation"]) if doc else 0
+    def _read_commit(self) -> dict:
+        return self._load_commit() or {}
 
     def _persist_commit(self, record: dict) -> None:
         doc = {"format": COMMIT_FORMAT, "version": FORMAT_VERSION, **record}

@@ -1051,11 +1051,14 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     def _commit_record_path(self) -> Path:
         return self.path / MANIFEST
 
-    def _read_generation(self) -> int:
+    def _read_commit(self) -> dict:
         try:
             doc = json.loads((self.path / MANIFEST).read_bytes())
-            return int((doc.get("commit") or {}).get("generation", 0))
-        except (OSError, ValueError, TypeError) as exc:
+            commit = doc.get("commit") or {}
+            if not isinstance(commit, dict):
+                raise TypeError(f"expected 'commit' to be an object, got {type(commit).__name__}")
+            return commit
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise StoreIOError(f"reading {self.path / MANIFEST} failed: {exc}.") from exc
 
     def _persist_commit(self, record: dict) -> None:
