@@ -253,6 +253,29 @@ def test_row_cache_matches_a_plain_array_and_writes_back_in_batches(capacity):
         assert 0 < writes_before_flush <= evicted / cache.batch + 1
 
 
+@pytest.mark.parametrize("capacity", [1, 2, 3, 10, 11, 17])
+def test_a_tiny_row_cache_keeps_its_queues_consistent(capacity):
+    """Every slot ever used is in exactly one place -- the small queue, the main queue or the free
+    list -- and the values match a plain array, down to a cache of one row."""
+    rng = np.random.default_rng(capacity)
+    for _ in range(5):
+        n = int(rng.integers(capacity, 60))
+        store, ref, cache = counted_row_cache(n, 2, capacity)
+        for _step in range(150):
+            rows = np.unique(rng.integers(0, n, int(rng.integers(1, capacity + 1))))[:capacity]
+            np.testing.assert_array_equal(cache.gather(rows), ref[rows])
+            if rng.random() < 0.7:
+                ref[rows] = rng.standard_normal((rows.size, 2))
+                cache.scatter(rows, ref[rows])
+            small = cache.small[(cache.small_head + np.arange(cache.n_small)) % capacity]
+            free = cache.free[: cache.n_free]
+            places = np.concatenate([small, np.flatnonzero(cache.in_main), free])
+            assert sorted(places.tolist()) == list(range(cache.used))
+            assert cache.n_main == np.count_nonzero(cache.in_main)
+        cache.flush()
+        np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
+
+
 @pytest.mark.parametrize("capacity", [40, 300])
 def test_row_cache_interleaved_gathers_and_scatters_match_a_plain_array(capacity):
     """Two row sets in flight (gather A, gather B, scatter A, scatter B): B's lookup may evict A's rows."""
