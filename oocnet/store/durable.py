@@ -100,7 +100,7 @@ import numpy as np
 from ..errors import ChecksumError, ReadOnlyError, StoreError, StoreFormatError, StoreIOError, StoreLockedError
 from . import checksum as ck
 from . import journal as jr
-from .rowinit import LazyRows, from_spec
+from .rowinit import LazyRows, bits_at, from_spec, set_bits
 
 try:
     import fcntl
@@ -192,7 +192,7 @@ class RowSet:
     def new(self, ids: np.ndarray) -> np.ndarray:
         """Those of ``ids`` (sorted, unique) not in the set."""
         if self.bits is not None:
-            return ids[((self.bits[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1) == 0]
+            return ids[~bits_at(self.bits, ids)]
         pos = np.searchsorted(self.ids, ids)
         seen = pos < self.ids.size
         seen[seen] = self.ids[pos[seen]] == ids[seen]
@@ -204,16 +204,13 @@ class RowSet:
             return
         if self.bits is None and 8 * (self.size + ids.size) > (self.n_rows + 7) // 8:
             self.bits = np.zeros((self.n_rows + 7) // 8, dtype=np.uint8)
-            self._set(self.ids)
+            set_bits(self.bits, self.ids)
             self.ids = None
         if self.bits is not None:
-            self._set(ids)
+            set_bits(self.bits, ids)
         else:
             self.ids = np.insert(self.ids, np.searchsorted(self.ids, ids), ids)
         self.size += ids.size
-
-    def _set(self, ids: np.ndarray) -> None:
-        np.bitwise_or.at(self.bits, ids >> 3, np.uint8(1) << (ids & 7).astype(np.uint8))
 
     def pieces(self, rows: int):
         """The set's ids in increasing order, at most ``max(rows, 8)`` at a time."""

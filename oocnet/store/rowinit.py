@@ -204,6 +204,16 @@ def from_spec(spec: object, where: str) -> RowInit:
         raise StoreFormatError(f"{where}: expected an initializer record, got {spec!r}: {exc}.") from exc
 
 
+def bits_at(bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Bool per row of ``rows``: its bit in the row bitmap ``bits`` (bit ``r % 8`` of byte ``r // 8``)."""
+    return ((bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1).astype(bool)
+
+
+def set_bits(bits: np.ndarray, rows: np.ndarray) -> None:
+    """Set the bits of ``rows`` in the row bitmap ``bits`` (repeated rows are fine)."""
+    np.bitwise_or.at(bits, rows >> 3, np.uint8(1) << (rows & 7).astype(np.uint8))
+
+
 def _popcount(bits: np.ndarray) -> int:
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return int(np.bitwise_count(bits).sum(dtype=np.int64))
@@ -239,7 +249,7 @@ class LazyRows:
 
     def written(self, rows: np.ndarray) -> np.ndarray:
         """Bool per row of ``rows``: written."""
-        return ((self.bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1).astype(bool)
+        return bits_at(self.bits, rows)
 
     def _range_bits(self, start: int, stop: int) -> tuple[int, np.ndarray]:
         lo = start >> 3
@@ -256,7 +266,7 @@ class LazyRows:
         """Record rows ``rows`` (unique) as written."""
         new = rows[~self.written(rows)]
         if new.size:
-            np.bitwise_or.at(self.bits, new >> 3, (np.uint8(1) << (new & 7).astype(np.uint8)))
+            set_bits(self.bits, new)
             self.n_written += int(new.size)
             self.changed = True
 
@@ -275,4 +285,5 @@ class LazyRows:
             self.changed = True
 
 
-__all__ = ["DISTRIBUTIONS", "LazyRows", "RowInit", "SPEC_VERSION", "from_spec", "uniform_at"]
+__all__ = ["DISTRIBUTIONS", "LazyRows", "RowInit", "SPEC_VERSION", "bits_at", "from_spec", "set_bits",
+           "uniform_at"]
