@@ -401,13 +401,9 @@ class DurableStore:
             # generation here.  Either way the reader is told to reopen.
             self._record_mark = _mark(record)
             self._record_pin = _pin(self._commit_record_path())
-            if self._on_disk_generation() not in (gen, None) or self._record_replaced():
+            # A commit or a rollback since the record was loaded; unreadable now (None): the reads check again.
+            if self._disk_mark() not in (self._record_mark, None) or self._record_replaced():
                 raise self._committed_since()
-            try:
-                if _mark(self._read_commit()) != self._record_mark:  # a rollback since the record was loaded
-                    raise self._committed_since()
-            except (StoreIOError, StoreFormatError):
-                pass  # unreadable now: the reads check again
         self._load_lazy(record.get("lazy", {}) if record is not None else {})
         stale = [k for k in self._keys() if k not in self._checksums]
         rolled = False
@@ -472,11 +468,7 @@ class DurableStore:
             return
         path = self._commit_record_path()
         pin = _pin(path)
-        try:
-            same = pin is not None and _mark(self._read_commit()) == self._record_mark and _identity(path) == pin[1]
-        except (StoreIOError, StoreFormatError):
-            same = False
-        if not same:
+        if pin is None or self._disk_mark() != self._record_mark or _identity(path) != pin[1]:
             _unpin(pin)
             raise self._committed_since()
         _unpin(self._record_pin)
@@ -916,6 +908,13 @@ class DurableStore:
         self._remove_lazy_orphans({e["file"] for e in lazy.values()})
         at("commit:done")
         return self.last_commit
+
+    def _disk_mark(self) -> tuple[int, int] | None:
+        """(generation, rollbacks) of the commit record on disk now; None if it cannot be read."""
+        try:
+            return _mark(self._read_commit())
+        except Exception:  # noqa: BLE001 - unreadable: as _on_disk_generation
+            return None
 
     def _on_disk_generation(self) -> int | None:
         try:
