@@ -38,7 +38,7 @@ Parameters created since the last commit are marked with the generation that
 will commit them; opening drops those the last commit does not cover.
 
 Lazily created parameters (a :class:`~oocnet.store.rowinit.RowInit` given to
-``create``; the memmap store) start as zeros on disk and one bit per row says
+``create`` on a disk store) start as zeros on disk and one bit per row says
 whether the row was written; a row not written reads as its computed initial
 value.  A first write journals the row as a *zero record* (its id only,
 :mod:`oocnet.store.journal`) without reading it: its bytes are certainly zeros
@@ -789,7 +789,7 @@ class DurableStore:
                 raise StoreFormatError(f"{path}: {exc}.") from exc
         self._lazy_record = {k: section[k] for k in self._lazy}
         if not self.read_only:
-            self._remove_lazy_orphans(set(e["file"] for e in self._lazy_record.values()))
+            self._remove_lazy_orphans({e["file"] for e in self._lazy_record.values()})
 
     def _remove_lazy_orphans(self, keep: set[str]) -> None:
         """Delete bitmap files no commit refers to (a crash between writing one and the commit point)."""

@@ -68,7 +68,7 @@ _MAGICS = (MAGIC, b"OOCJNL\x00\x01")  # version 1: no zero records
 ZEROS = 1  # record flag: the rows were zeros (not stored)
 REC = b"JREC"
 _HEAD = struct.Struct("<8sQQII")  # magic, base generation, reserved, crc, reserved
-_RHEAD = struct.Struct("<4sIQQII")  # magic, key length, rows, row bytes, reserved, crc
+_RHEAD = struct.Struct("<4sIQQII")  # magic, key length, rows, row bytes, flags, crc
 
 
 def _io(exc: OSError, action: str, path: Path) -> StoreIOError:

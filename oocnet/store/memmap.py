@@ -102,7 +102,9 @@ The file is exactly ``10 + HEADER_LEN + rows * row_nbytes`` bytes long.  Shards
 created without initial values are not written: their data region is
 allocated (``fallocate``; a hole where the file system cannot) and reads
 as zeros.  A lazily created parameter's shards are such files too: a row never
-written holds zeros and reads (through the store) as its initial value.
+written holds zeros and reads (through the store) as its initial value.  On
+open every shard's header is checked against the manifest (version 1.0,
+``descr``, ``fortran_order`` False, ``shape``) and so is its length.
 
 Written-row bitmaps
 -------------------
@@ -114,8 +116,7 @@ holds ``ceil(n_rows / 8)`` bytes, bit ``r % 8`` (least significant first) of
 byte ``r // 8`` set when row ``r`` was written as of that commit.  ``crc`` is
 the crc32 of the spec's JSON (sorted keys) continued over the bitmap's bytes,
 so a changed spec fails too.  A parameter marked ``"lazy": true`` whose commit
-has no entry is refused (its rows could not be told from its initial values).  On open every shard's header is checked against the manifest (version
-1.0, ``descr``, ``fortran_order`` False, ``shape``) and so is its length.
+has no entry is refused (its rows could not be told from its initial values).
 
 Writing protocol
 ----------------
@@ -1034,7 +1035,6 @@ class MemmapStore(RowFileIO, DurableStore, Store):
     # -- durability hooks (see oocnet.store.durable) ------------------------------------
     def _lazy_place(self) -> tuple[Path, str]:
         return self.path, "#written."  # quote() escapes '#': no shard stem starts with it
-
 
     def _journal_path(self) -> Path:
         return self.path / JOURNAL
