@@ -148,7 +148,7 @@ class RowCache:
         self.in_main = np.zeros(self.capacity, dtype=bool)
         self.small = np.empty(self.capacity, dtype=np.int64)  # the small queue: small[head : head + n] (mod)
         self.small_head = self.n_small = self.n_main = 0
-        self.small_target = max(1, self.capacity // 10)
+        self.small_target = self._small_target(self.capacity)
         # Rows evicted from the small queue lately: one of them read in again goes to the main queue.
         self.ghost = _Ghost(self.capacity - self.small_target)
         self.hand = 0  # the main queue's
@@ -162,13 +162,18 @@ class RowCache:
         self.bytes_read = self.bytes_written = self.hits = self.misses = 0
 
     @staticmethod
+    def _small_target(capacity: int) -> int:
+        """Rows the small queue holds before it gives victims: a tenth of the cache."""
+        return max(1, capacity // 10)
+
+    @staticmethod
     def nbytes_for(capacity: int, row_nbytes: int) -> int:
         """:attr:`nbytes` of a cache of ``capacity`` rows of ``row_nbytes`` bytes, without building it."""
         # per slot: the row, row_of_slot (int64), dirty (bool), freq (uint8), in_main (bool), free and
         # small (int64); then the id table and the ghost
         capacity = int(capacity)
         return (capacity * (int(row_nbytes) + 8 + 1 + 1 + 1 + 8 + 8) + IdTable.nbytes_for(capacity)
-                + _Ghost.nbytes_for(capacity - max(1, capacity // 10)))
+                + _Ghost.nbytes_for(capacity - RowCache._small_target(capacity)))
 
     @property
     def nbytes(self) -> int:
