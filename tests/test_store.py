@@ -296,6 +296,47 @@ def test_memmap_many_scattered_writes_are_durable_and_visible(tmp_path):
     np.testing.assert_array_equal(np.concatenate([np.load(f) for f in sorted(folder.glob("t.*.npy"))]), ref)
 
 
+@pytest.mark.parametrize("backend", ["memmap", "hdf5"])
+def test_index_writes_survive_short_writes_and_name_the_file_on_errors(backend, tmp_path, monkeypatch):
+    """Scattered rows and runs across shards go out with one pwrite per run; a pwrite that writes less
+    than asked is finished, and an OS error is a StoreIOError naming the file, with errno."""
+    import errno
+
+    import oocnet.store.memmap as mm
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(3000, 8)).astype(np.float32)
+    path = tmp_path / ("p" if backend == "memmap" else "p.h5")
+    s = MemmapStore(path, shard_bytes=16 * 1024) if backend == "memmap" else HDF5Store(path)
+    with s:
+        s.create("t", ref.shape, "float32", init=ref)
+        real, sizes = os.pwrite, []
+
+        def short(fd, data, offset):
+            sizes.append(len(data))
+            return real(fd, bytes(data)[:40], offset)  # at most 40 bytes a call
+
+        monkeypatch.setattr(mm.os, "pwrite", short)
+        for _ in range(5):
+            rows = np.unique(np.concatenate([rng.integers(0, 3000, 300), np.arange(600, 800)]))  # and a run
+            vals = rng.normal(size=(rows.size, 8)).astype(np.float32)
+            s.write_index("t", rows, vals)
+            ref[rows] = vals
+        monkeypatch.undo()
+        assert max(sizes) >= 200 * 32  # the run of 200 rows went out as one write (then finished)
+        np.testing.assert_array_equal(s.read("t"), ref)
+
+        def failing(fd, data, offset):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(mm.os, "pwrite", failing)
+        with pytest.raises(StoreIOError, match=r"writing .*(t\.0000|p\.h5).* Input/output error") as info:
+            s.write_index("t", np.array([3, 2000]), np.zeros((2, 8), np.float32))
+        assert info.value.errno == errno.EIO
+        monkeypatch.undo()
+        assert s.failed
+
+
 def test_memmap_failed_create_leaves_no_files(tmp_path):
     folder = tmp_path / "p"
     with MemmapStore(folder, shard_bytes=SHARD_BYTES) as s:

@@ -635,7 +635,7 @@ class HDF5Store(DurableStore, Store):
         p = self._raw_layout(key)
         if p is not None:
             if rows.size:
-                self._rawio.read(self._rawio._index_ops(p, rows, merge=True), out)
+                self._rawio.read(self._rawio._index_ops(p, rows), out)
             return
         info = self._infos[key]
         with self._guard("reading"):
@@ -673,7 +673,7 @@ class HDF5Store(DurableStore, Store):
             self._written.add(key)
             if p is not None:  # exact runs: no read-modify-write of the gaps
                 if rows.size:
-                    self._rawio.write(self._rawio._index_ops(p, rows, merge=False), value)
+                    self._rawio._write_runs(p, rows, value)
                 return
             direct = _Hyperslab(self._dataset(key), value)
             via = None

@@ -423,35 +423,40 @@ class RowFileIO:
             i += 1
         return ops
 
-    def _index_ops(self, p: _Param, rows: np.ndarray, merge: bool) -> list:
-        """Ops for sorted unique ``rows``: runs of consecutive rows, within one shard.
-
-        Each run is one op ``(shard, file_offset, buf_offset, nbytes, None)``.
-        With ``merge`` (reads only), runs less than ``_GAP_BYTES`` apart are
-        fetched as one span of at most ``_SPAN_BYTES`` into a scratch buffer and
-        gathered: ops ``(shard, file_offset, None, nbytes, (k, kk, idx))`` put
-        span rows ``idx`` into buffer rows ``[k, kk)``.
-        """
-        rb = p.info.row_nbytes
+    @staticmethod
+    def _runs(p: _Param, rows: np.ndarray, step: int) -> tuple:
+        """Sorted unique ``rows`` cut into runs within one shard whose rows are at most ``step`` apart:
+        arrays of each run's first and end positions in ``rows``, its shard and its first row's file offset."""
         shard_of = np.searchsorted(p.stops, rows, side="right")
-        step = _GAP_BYTES // rb + 1 if merge else 1  # largest row step inside a span
         brk = np.flatnonzero((np.diff(rows) > step) | (np.diff(shard_of) != 0)) + 1
         first = np.concatenate(([0], brk))
         end = np.concatenate((brk, [rows.size]))
-        dense = rows[end - 1] + 1 - rows[first] == end - first  # no gaps: read straight into the buffer
+        sh = shard_of[first]
         starts = np.array([s.start for s in p.shards], dtype=np.int64)
         offsets = np.array([s.offset for s in p.shards], dtype=np.int64)
+        return first, end, sh, offsets[sh] + (rows[first] - starts[sh]) * p.info.row_nbytes
+
+    def _index_ops(self, p: _Param, rows: np.ndarray) -> list:
+        """Read ops for sorted unique ``rows``.
+
+        A run of consecutive rows within one shard is one op ``(shard,
+        file_offset, buf_offset, nbytes, None)``.  Runs less than ``_GAP_BYTES``
+        apart are fetched as one span of at most ``_SPAN_BYTES`` into a scratch
+        buffer and gathered: ops ``(shard, file_offset, None, nbytes, (k, kk,
+        idx))`` put span rows ``idx`` into buffer rows ``[k, kk)``.
+        """
+        rb = p.info.row_nbytes
+        first, end, sh, file_off = self._runs(p, rows, _GAP_BYTES // rb + 1)
+        dense = rows[end - 1] + 1 - rows[first] == end - first  # no gaps: read straight into the buffer
         shards = p.shards
         f, e = first[dense], end[dense]
-        sh = shard_of[f]
-        file_off = offsets[sh] + (rows[f] - starts[sh]) * rb
         ops = [
             (shards[k], fo, i * rb, n * rb, None)
-            for k, fo, i, n in zip(sh.tolist(), file_off.tolist(), f.tolist(), (e - f).tolist())
+            for k, fo, i, n in zip(sh[dense].tolist(), file_off[dense].tolist(), f.tolist(), (e - f).tolist())
         ]
         cap = max(1, _SPAN_BYTES // rb)
-        for i, j in zip(first[~dense].tolist(), end[~dense].tolist()):
-            shard = shards[int(shard_of[i])]
+        for i, j, k_sh in zip(first[~dense].tolist(), end[~dense].tolist(), sh[~dense].tolist()):
+            shard = shards[k_sh]
             k = i
             while k < j:  # cut the span into scratch-sized pieces
                 a = int(rows[k])
@@ -556,6 +561,33 @@ class RowFileIO:
             fut.exception()
         for fut in futures:
             fut.result()
+
+    def _write_runs(self, p: _Param, rows: np.ndarray, value: np.ndarray) -> None:
+        """Write ``value`` to sorted unique ``rows``: one ``pwrite`` per run of consecutive rows.
+
+        An eviction writes thousands of scattered single rows; building an op
+        tuple for each and writing it through :meth:`_run_writes` cost about as
+        much Python as the ``pwrite`` cost kernel time.
+        """
+        rb = p.info.row_nbytes
+        first, end, sh, file_off = self._runs(p, rows, 1)
+        buf = _as_bytes(value)
+        cut = np.flatnonzero(np.diff(sh)) + 1  # runs come in shard order: one stretch per shard
+        pwrite = os.pwrite
+        for a, b in zip([0, *cut.tolist()], [*cut.tolist(), sh.size]):
+            shard = p.shards[int(sh[a])]
+            fd = self._fd(shard)
+            self._written.add(shard)
+            try:
+                for fo, bo, n in zip(file_off[a:b].tolist(), (first[a:b] * rb).tolist(),
+                                     ((end[a:b] - first[a:b]) * rb).tolist()):
+                    done = pwrite(fd, buf[bo : bo + n], fo)
+                    if done != n:  # a short write: the careful loop finishes it (or raises)
+                        self._pwrite(shard, fd, buf[bo + done : bo + n], fo + done)
+            except StoreIOError:
+                raise
+            except OSError as exc:
+                raise _io_error(exc, "writing", self.path / shard.file) from exc
 
     def _run_writes(self, ops: list, value: np.ndarray, paged: bool = False) -> None:
         """Execute write ops from ``value``.
@@ -918,15 +950,14 @@ class MemmapStore(RowFileIO, DurableStore, Store):
 
     def _read_index(self, key, rows, out):
         p = self._params[key]
-        self._run_reads(self._index_ops(p, rows, merge=True), out)
+        self._run_reads(self._index_ops(p, rows), out)
 
     def _write_rows(self, key, start, value):
         p = self._params[key]
         self._run_writes(self._range_ops(p, start, start + value.shape[0]), value)
 
     def _write_index(self, key, rows, value):
-        p = self._params[key]
-        self._run_writes(self._index_ops(p, rows, merge=False), value)
+        self._write_runs(self._params[key], rows, value)
 
     def _create(self, info: ParamInfo, init: RowInitializer | None) -> None:
         per_shard = max(1, self.shard_bytes // info.row_nbytes)
