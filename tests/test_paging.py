@@ -396,3 +396,40 @@ def test_a_pager_lets_a_steps_temporaries_reuse_heap_pages(tmp_path):
                      .stdout) for m in ("plain", "pager")}
     assert faults["plain"] > 50 * 4 * 200  # ~256 page faults per temporary: mapped (or trimmed) afresh
     assert faults["pager"] < 50 * 4 * 20  # reused from the heap
+
+
+@pytest.mark.parametrize("populate", ["madvise", "touch"])
+def test_row_cache_buffers_are_resident_at_once_and_eligible_for_huge_pages(populate, monkeypatch):
+    """The cache's arrays are mapped in full when built (no page faults in the steps that fill it),
+    by MADV_POPULATE_WRITE or, on kernels without it, by touching each page; and they are advised
+    into transparent huge pages where the kernel offers them (gathers of scattered rows miss the
+    TLB less)."""
+    import sys
+    from pathlib import Path
+
+    import oocnet.paging.rowcache as rc
+    from oocnet.profile import memory_now
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("resident-set sizes and smaps are read from /proc")
+    if populate == "touch":
+        monkeypatch.setattr(rc, "_MADV_POPULATE_WRITE", 12345)  # an advice no kernel knows: EINVAL
+    nbytes = 48 << 20
+    before = memory_now()["anon"]
+    arr = rc._resident_empty((nbytes // 512, 128), np.float32)
+    assert memory_now()["anon"] - before >= 0.9 * nbytes  # resident before anything was written
+    arr[:] = 1.5
+    assert arr.shape == (nbytes // 512, 128) and float(arr[-1, -1]) == 1.5
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        return
+    addr, vma = arr.ctypes.data, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            vma = lo <= addr < hi
+        elif vma and line.startswith("THPeligible:"):
+            assert line.split()[1] == "1"
+            return
+    pytest.fail("no THPeligible line for the cache's mapping in /proc/self/smaps")

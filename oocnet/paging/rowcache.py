@@ -38,24 +38,38 @@ from ..store.base import Store
 from .idtable import _GOLDEN, IdTable
 
 
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14 (not named by Python 3.11's mmap module)
+
+
 def _resident_empty(shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array whose pages are made resident now, in one system call.
+    """An uninitialised array in transparent huge pages where the kernel has them, made resident now.
 
     The cache fills a few hundred fresh slots a step for its first thousands of
     steps; each new page was a page fault in the step (~10 us each on the
-    project's VM: 0.4 ms a step at V = 10^6).  ``MAP_POPULATE`` maps every page up
-    front -- 0.08 s for 200 MB, against 0.5 s of faults one page at a time.  The
-    cache's bytes are its share of the budget either way.  Elsewhere: ``np.empty``.
+    project's VM: 0.4 ms a step at V = 10^6), so every page is mapped up front,
+    in one system call where the kernel has ``MADV_POPULATE_WRITE``.  And a
+    step gathers and scatters a few thousand rows scattered over the cache:
+    in 2 MiB pages they miss the TLB far less (about 17% faster gathers and
+    scatters of 2,000 rows from a 190 MB cache here).  numpy asks for huge pages
+    for its own large arrays; a plain ``mmap`` must ask itself, before the pages
+    are touched.  The cache's bytes are its share of the budget either way.
+    Elsewhere (or below 1 MiB): ``np.empty``.
     """
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if populate is None or nbytes < (1 << 20):
+    if nbytes < (1 << 20) or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.empty(shape, dtype=dtype)
     try:
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError):
         return np.empty(shape, dtype=dtype)
+    for advice in (getattr(mmap, "MADV_HUGEPAGE", None), _MADV_POPULATE_WRITE):
+        try:
+            if advice is not None:
+                buf.madvise(advice)
+        except (OSError, ValueError):  # not on this kernel: huge pages are an optimisation,
+            if advice == _MADV_POPULATE_WRITE:  # and pages are then mapped by touching each one
+                np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
     return np.frombuffer(buf, dtype=dtype).reshape(shape)  # the array keeps the map alive
 
 
