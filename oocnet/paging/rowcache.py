@@ -49,8 +49,8 @@ def _resident_empty(shape: tuple, dtype) -> np.ndarray:
     project's VM: 0.4 ms a step at V = 10^6), so every page is mapped up front,
     in one system call where the kernel has ``MADV_POPULATE_WRITE``.  And a
     step gathers and scatters a few thousand rows scattered over the cache:
-    in 2 MiB pages they miss the TLB far less (about 17% faster gathers and
-    scatters of 2,000 rows from a 190 MB cache here).  numpy asks for huge pages
+    in 2 MiB pages they miss the TLB far less (gather / scatter of 2,000 rows
+    of a 190 MB cache: 0.32 / 0.42 ms in 4 KiB pages, 0.28 / 0.30 in 2 MiB).  numpy asks for huge pages
     for its own large arrays; a plain ``mmap`` must ask itself, before the pages
     are touched.  The cache's bytes are its share of the budget either way.
     Elsewhere (or below 1 MiB): ``np.empty``.
@@ -63,13 +63,16 @@ def _resident_empty(shape: tuple, dtype) -> np.ndarray:
         buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError):
         return np.empty(shape, dtype=dtype)
-    for advice in (getattr(mmap, "MADV_HUGEPAGE", None), _MADV_POPULATE_WRITE):
+    hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
+    if hugepage is not None:
         try:
-            if advice is not None:
-                buf.madvise(advice)
-        except (OSError, ValueError):  # not on this kernel: huge pages are an optimisation,
-            if advice == _MADV_POPULATE_WRITE:  # and pages are then mapped by touching each one
-                np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
+            buf.madvise(hugepage)
+        except (OSError, ValueError):
+            pass  # huge pages are an optimisation
+    try:
+        buf.madvise(_MADV_POPULATE_WRITE)
+    except (OSError, ValueError):  # before Linux 5.14 (or elsewhere): map each page by touching it
+        np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
     return np.frombuffer(buf, dtype=dtype).reshape(shape)  # the array keeps the map alive
 
 

