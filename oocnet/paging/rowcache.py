@@ -50,9 +50,9 @@ def _resident_empty(shape: tuple, dtype) -> np.ndarray:
     in one system call where the kernel has ``MADV_POPULATE_WRITE``.  And a
     step gathers and scatters a few thousand rows scattered over the cache:
     in 2 MiB pages they miss the TLB far less (gather / scatter of 2,000 rows
-    of a 190 MB cache: 0.32 / 0.42 ms in 4 KiB pages, 0.28 / 0.30 in 2 MiB).  numpy asks for huge pages
-    for its own large arrays; a plain ``mmap`` must ask itself, before the pages
-    are touched.  The cache's bytes are its share of the budget either way.
+    of a 190 MB cache: 0.32 / 0.42 ms in 4 KiB pages, 0.28 / 0.30 in 2 MiB).
+    numpy asks for huge pages for its own large arrays; a plain ``mmap`` must
+    ask itself, before the pages are touched.  The cache's bytes are its share of the budget either way.
     Elsewhere (or below 1 MiB): ``np.empty``.
     """
     dtype = np.dtype(dtype)

@@ -319,10 +319,6 @@ class DurableStore:
     def _read_commit(self) -> dict:
         """The commit record on disk now (``{}`` if the store has none)."""
 
-    def _read_generation(self) -> int:
-        """The generation in the commit record on disk now."""
-        return int(self._read_commit().get("generation", 0))
-
     # -- state -------------------------------------------------------------------------
     def _durable_init(self, dir_fd: int) -> None:
         self._dir_fd_durable = dir_fd
@@ -917,8 +913,9 @@ class DurableStore:
             return None
 
     def _on_disk_generation(self) -> int | None:
+        """The generation of the commit record on disk now; None if it cannot be read."""
         try:
-            return self._read_generation()
+            return int(self._read_commit().get("generation", 0))
         except Exception:  # noqa: BLE001 - unreadable: treat the commit as not made
             return None
 
