@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._arrays import as_real
 from .errors import ConfigError, InputError
 
 _REDUCTIONS = ("sum", "mean")
@@ -105,7 +106,11 @@ class Loss:
 
 
 def _check_labels(y, n_out: int, n_rows: int, name: str) -> np.ndarray:
-    arr = np.asarray(y)
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} needs {n_rows} integer labels; numpy could not make one array of the "
+                         f"{type(y).__name__} given ({str(exc).split('.')[0]}).") from None
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] != n_rows:
@@ -124,18 +129,13 @@ def _check_labels(y, n_out: int, n_rows: int, name: str) -> np.ndarray:
 
 
 def _check_float_targets(y, n_out: int, n_rows: int, name: str, dtype) -> np.ndarray:
-    if np.iscomplexobj(y):
-        raise InputError(f"{name} targets must be real numbers, got complex values.")
-    try:
-        arr = np.asarray(y, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} targets must be numeric, got {type(y).__name__}.") from exc
+    raw, arr = as_real(y, dtype, f"{name} targets")
     if arr.ndim == 1 and n_out == 1:
         arr = arr[:, None]
     if arr.shape != (n_rows, n_out):
         raise InputError(f"{name} targets must have shape ({n_rows}, {n_out}), got {arr.shape}.")
     if not np.all(np.isfinite(arr)):
-        if np.all(np.isfinite(np.asarray(y, dtype=np.float64))):
+        if np.all(np.isfinite(raw.astype(np.float64, copy=False))):
             raise InputError(f"{name} targets have values beyond the range of {np.dtype(dtype).name}.")
         raise InputError(f"{name} targets contain NaN or inf.")
     return arr

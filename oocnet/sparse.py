@@ -49,26 +49,31 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
             csr.sum_duplicates()
             csr.eliminate_zeros()
         indices = _check_ids(np.asarray(csr.indices), n_cols, "ids")
-        data, indptr, n = np.asarray(csr.data, dtype=dtype), np.asarray(csr.indptr, dtype=np.int64), X.shape[0]
+        src, indptr, n = np.asarray(csr.data), np.asarray(csr.indptr, dtype=np.int64), X.shape[0]
     elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):
         rows = []
         for i, r in enumerate(X):
-            arr = np.asarray(r)
-            if arr.ndim != 1:
-                raise InputError(f"row {i} of an id-list batch must be a flat list of ids, got shape {arr.shape}.")
+            try:
+                arr = np.asarray(r)
+            except (TypeError, ValueError):  # e.g. a row holding a list among its ids
+                arr = np.asarray(r, dtype=object)
+            if arr.ndim != 1 or arr.dtype == object:
+                raise InputError(f"row {i} of an id-list batch must be a flat list of integer ids, got {r!r:.80}.")
             rows.append(_check_ids(arr, n_cols, f"ids in row {i}"))
         n = len(rows)
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum([len(r) for r in rows], out=indptr[1:])
         indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        data = np.ones(indices.size, dtype=dtype)
+        src = np.ones(indices.size, dtype=dtype)
     else:
         try:
             arr = np.asarray(X)
         except (TypeError, ValueError) as exc:
             raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.") from exc
         if arr.dtype == object:
-            raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
+            if isinstance(X, (list, tuple)):
+                raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
+            raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.")
         if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
             ids = _check_ids(arr, n_cols, "ids")
             ids = ids[:, None] if ids.ndim == 1 else ids
@@ -76,19 +81,21 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
             indices, indptr = ids.reshape(-1), np.arange(0, n * k + 1, max(k, 1) if n * k else 1, dtype=np.int64)
             if k == 0:
                 indptr = np.zeros(n + 1, dtype=np.int64)
-            data = np.ones(indices.size, dtype=dtype)
+            src = np.ones(indices.size, dtype=dtype)
         elif np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
             if arr.shape[1] != n_cols:
                 raise InputError(f"a dense batch must have {n_cols} columns, got shape {arr.shape}.")
-            csr = sp.csr_matrix(arr.astype(dtype, copy=False))
-            data, indices, indptr, n = csr.data, csr.indices.astype(np.int64), csr.indptr.astype(np.int64), arr.shape[0]
+            csr = sp.csr_matrix(arr)
+            src, indices, indptr, n = csr.data, csr.indices.astype(np.int64), csr.indptr.astype(np.int64), arr.shape[0]
         else:
             raise InputError(
                 f"a batch must be a sparse matrix, integer ids (1-D or 2-D), a float array of width {n_cols}, "
                 f"or a list of id lists; got an array of dtype {arr.dtype} and shape {arr.shape}."
             )
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond dtype's range become inf: named below
+        data = src.astype(dtype, copy=False)
     if data.size and not np.all(np.isfinite(data)):
-        if sp.issparse(X) and np.all(np.isfinite(np.asarray(X.data, dtype=np.float64))):
+        if np.all(np.isfinite(src.astype(np.float64, copy=False))):
             raise InputError(f"the batch's values lie beyond the range of {np.dtype(dtype).name}.")
         raise InputError("the batch's values contain NaN or inf.")
     return data, indices, indptr, n

@@ -74,7 +74,7 @@ def broken(path: str, value):
     ("model.layers", ..., "model.layers is missing"),
     ("model.layers.0.type", "conv", "model.layers[0].type must be one of dense, embedding,"),
     ("model.layers.0.n_words", ..., "model.layers[0].n_words is missing: layer 'embedding' needs n_words"),
-    ("model.layers.0.n_words", 0, "model.layers[0] (embedding): n_in must be a positive integer, got 0."),
+    ("model.layers.0.n_words", 0, "model.layers[0] (embedding): n_words must be a positive integer, got 0."),
     ("model.layers.1.units", 4, "model.layers[1]: unknown key 'units' for layer 'dense'; known keys: type, n_in,"),
     ("model.layers.1.activation", "swish", "model.layers[1] (dense): "),
     ("model.layers.1.n_in", 9, "model.layers[1] takes 9 inputs but model.layers[0] outputs 8"),

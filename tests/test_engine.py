@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -322,3 +324,36 @@ def test_custom_loss_value_must_be_one_number_and_float32_overflow_is_named():
         model.train_step(np.full((2, 3), 1e39), Y, "half_squared_error", oc.SGD(0.1))
     with pytest.raises(InputError, match="beyond the range of float32"):
         model.train_step(X, np.full((2, 2), 1e39), "half_squared_error", oc.SGD(0.1))
+
+
+@pytest.mark.parametrize(
+    "X, Y, loss, error, match",
+    [
+        ([[1, 2, 3], [1]], np.ones((2, 2)), "half_squared_error", ShapeError, "numpy could not make one array"),
+        (np.array([["1", "2", "3"]]), np.ones((1, 2)), "half_squared_error", InputError, r"got text \(dtype <U1\)"),
+        (np.full((1, 3), 1e300), np.ones((1, 2)), "half_squared_error", InputError, "beyond the range of float32"),
+        (np.ones((1, 3)), np.full((1, 2), 1e300), "half_squared_error", InputError, "beyond the range of float32"),
+        (np.ones((2, 3)), [[0, 1], [1]], "half_squared_error", InputError, "numpy could not make one array"),
+        (np.ones((2, 3)), [["a", "b"], ["c", "d"]], "half_squared_error", InputError, "got text"),
+        (np.ones((2, 3)), [[0], [1, 0]], "softmax_cross_entropy", InputError, "needs 2 integer labels; numpy could"),
+    ],
+    ids=["ragged-x", "text-x", "overflow-x", "overflow-y", "ragged-y", "text-y", "ragged-labels"],
+)
+def test_batches_numpy_cannot_take_or_that_overflow_are_refused_with_one_clear_error(X, Y, loss, error, match):
+    model = oc.Sequential([oc.Dense(3, 2)], dtype="float32", seed=0)
+    before = model.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning ahead of the error
+        with pytest.raises(error, match=match):
+            model.train_step(X, Y, loss, oc.SGD(0.1))
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    # numbers given as objects (a list mixing ints and numpy scalars) are still numbers
+    np.testing.assert_array_equal(model.predict([[1, np.float32(2), 3]]), model.predict(np.array([[1.0, 2.0, 3.0]])))
+
+
+@pytest.mark.parametrize("make, name", [(lambda: oc.Embedding(1000.0, 4), "n_words"), (lambda: oc.Embedding(10, 0), "dim"),
+                                        (lambda: oc.FactorizedEmbedding(10.5, 4, 2), "n_words"),
+                                        (lambda: oc.Output(4, -1), "n_classes"), (lambda: oc.Output(True, 3), "dim")])
+def test_layer_size_errors_name_the_argument_the_user_gave(make, name):
+    with pytest.raises(ConfigError, match=f"^{name} must be a positive integer"):
+        make()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -73,13 +74,21 @@ def test_prepare_remaps_onto_touched_rows_only():
         (sp.csr_matrix(np.array([[np.inf] + [0.0] * 119])), "NaN or inf"),
         (np.ones((2, 119)), "must have 120 columns"),
         ("words", "dtype <U5"),
+        ([[1, [2]], [3]], r"row 0 of an id-list batch must be a flat list of integer ids, got \[1, \[2\]\]"),
+        ([[1, 2], [3, [4, 5]]], "row 1 of an id-list batch"),
+        (None, "got NoneType"),
+        ({"ids": [1, 2]}, "got dict"),
+        (np.full((2, 120), 1e300), "beyond the range of float32"),
+        (sp.csr_matrix(np.full((2, 120), 1e300)), "beyond the range of float32"),
     ],
 )
 def test_bad_sparse_batches_are_refused_before_anything_is_written(X, match, tmp_path):
-    model = oc.Sequential([oc.Embedding(V, D), oc.Dense(D, K)], store=CopyingStore(), dtype="float64")
+    model = oc.Sequential([oc.Embedding(V, D), oc.Dense(D, K)], store=CopyingStore(), dtype="float32")
     before = model.state_dict()
-    with pytest.raises(InputError, match=match):
-        model.train_step(X, np.zeros(2, int), oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refused batch is told by the error alone, not by numpy's warnings too
+        with pytest.raises(InputError, match=match):
+            model.train_step(X, np.zeros(2, int), oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     model.close()
@@ -316,10 +325,30 @@ def test_complex_and_wrapping_ids_are_input_errors():
     with pytest.raises(InputError, match=r"\[1, 18446744073709551615\]"):  # not wrapped to -1
         prepare(np.array([1, 2**64 - 1], dtype=np.uint64), 10)
     model = oc.Sequential([oc.Dense(3, 2)], dtype="float64")
-    with pytest.raises(InputError, match="real-valued"):
+    with pytest.raises(InputError, match="real numbers, got complex"):
         model.train_step(np.ones((2, 3)) + 1j, [0, 1], "softmax_cross_entropy", oc.SGD(0.1))
     with pytest.raises(InputError, match="real numbers"):
         model.train_step(np.ones((2, 3)), np.ones((2, 2)) * 1j, "half_squared_error", oc.SGD(0.1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_smallest_budget_a_model_accepts_runs_a_one_row_batch(dtype, tmp_path):
+    """The minimum named when a model is built must let it train and predict one id, not only be built."""
+    import re
+
+    layers = lambda: [oc.Embedding(5000, 16), oc.Dense(16, 4)]  # noqa: E731
+    with pytest.raises(oc.errors.BudgetError, match="use budget >=") as info:
+        oc.Sequential(layers(), store=tmp_path / "tiny", budget=64, dtype=dtype)
+    least = int(re.search(r"budget >= (\d+) bytes", str(info.value)).group(1))
+    with pytest.raises(oc.errors.BudgetError):
+        oc.Sequential(layers(), store=tmp_path / "below", budget=least - 1, dtype=dtype)
+    model = oc.Sequential(layers(), store=tmp_path / "least", budget=least, dtype=dtype, seed=0)
+    ref = oc.Sequential(layers(), dtype=dtype, seed=0)
+    for m in (model, ref):
+        m.train_step([[7]], [1], "softmax_cross_entropy", oc.SGD(0.1))
+    for ids in ([[7]], [[8]]):  # one row at a time: the least budget holds one
+        np.testing.assert_allclose(model.predict(ids), ref.predict(ids), rtol=1e-6)
+    model.close()
 
 
 def test_a_batch_larger_than_the_default_room_is_taken_from_the_row_caches_when_the_budget_holds_it(tmp_path):

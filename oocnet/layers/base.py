@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .._arrays import as_real
 from ..activations import Activation, get_activation
 from ..errors import ConfigError, ShapeError
 from ..optim.base import Optimizer
@@ -83,14 +84,7 @@ class Layer:
 
     def check_input(self, x, dtype: np.dtype):
         """Validate and convert a batch given to this layer as the model's first layer."""
-        if np.iscomplexobj(x):
-            from ..errors import InputError
-
-            raise InputError(f"{self.describe()} needs a real-valued batch, got complex values.")
-        try:
-            arr = np.asarray(x, dtype=dtype)
-        except (TypeError, ValueError) as exc:
-            raise ShapeError(f"{self.describe()} needs a numeric 2-D array, got {type(x).__name__}.") from exc
+        raw, arr = as_real(x, dtype, f"the batch given to {self.describe()}", ShapeError)
         if arr.ndim == 1 and self.n_in == 1:
             arr = arr[:, None]
         if arr.ndim != 2 or arr.shape[1] != self.n_in:
@@ -100,7 +94,7 @@ class Layer:
         if not np.all(np.isfinite(arr)):
             from ..errors import InputError
 
-            if np.all(np.isfinite(np.asarray(x, dtype=np.float64))):
+            if np.all(np.isfinite(raw.astype(np.float64, copy=False))):
                 raise InputError(f"the batch given to {self.describe()} has values beyond the range of "
                                  f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g}).")
             raise InputError(f"the batch given to {self.describe()} contains NaN or inf.")

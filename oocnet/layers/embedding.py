@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..init import check_init
 from ..sparse import SparseBatch, prepare
-from .base import Layer, ParamSpec
+from .base import Layer, ParamSpec, _check_width
 
 
 class Embedding(Layer):
@@ -40,7 +40,7 @@ class Embedding(Layer):
     kind = "embedding"
 
     def __init__(self, n_words: int, dim: int, activation="identity", init="uniform", name: str | None = None) -> None:
-        super().__init__(n_words, dim, activation, name)
+        super().__init__(_check_width("n_words", n_words), _check_width("dim", dim), activation, name)
         self.init = check_init(init, (self.n_in, self.n_out), "Embedding W")
 
     def params(self):

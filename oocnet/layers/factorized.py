@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..init import check_init
 from ..sparse import SparseBatch, prepare
-from .base import Layer, ParamSpec, backward_row_tiles, forward_row_tiles
+from .base import Layer, ParamSpec, _check_width, backward_row_tiles, forward_row_tiles
 
 
 def _check_rank(rank, n_in: int, n_out: int, what: str) -> int:
@@ -164,7 +164,7 @@ class FactorizedEmbedding(Layer):
 
     def __init__(self, n_words: int, dim: int, rank: int, activation="identity", init=None,
                  name: str | None = None) -> None:
-        super().__init__(n_words, dim, activation, name)
+        super().__init__(_check_width("n_words", n_words), _check_width("dim", dim), activation, name)
         self.rank = _check_rank(rank, self.n_in, self.n_out, "FactorizedEmbedding")
         self.init_u, self.init_v = _split_init(
             init, ("uniform", "uniform"), ((self.n_in, self.rank), (self.rank, self.n_out)), "FactorizedEmbedding")

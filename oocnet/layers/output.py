@@ -33,7 +33,7 @@ from ..errors import ConfigError, NumericalError
 from ..init import check_init
 from ..losses import Loss, SoftmaxCrossEntropy, SoftmaxMarginHinge
 from ..sampling import negative_sampling, sampled_softmax, segment_sum
-from .base import Layer, ParamSpec
+from .base import Layer, ParamSpec, _check_width
 
 #: Logits are formed in chunks of at most about this many bytes.
 LOGIT_BYTES = 8 * 2**20
@@ -77,7 +77,7 @@ class Output(Layer):
     fuses_loss = True
 
     def __init__(self, dim: int, n_classes: int, bias: bool = True, init="uniform", name: str | None = None) -> None:
-        super().__init__(dim, n_classes, "identity", name)
+        super().__init__(_check_width("dim", dim), _check_width("n_classes", n_classes), "identity", name)
         if not isinstance(bias, (bool, np.bool_)):
             raise ConfigError(f"bias must be True or False, got {bias!r}.")
         self.bias = bool(bias)
