@@ -269,7 +269,8 @@ class Sequential:
         for key, info in self._param_infos.items():
             st = states.get(key, []) if isinstance(states, dict) else []
             if key in sparse:
-                sparse_need = max(sparse_need, self._cache_row_nbytes(info, st))
+                # A row in the cache, or one row of a batch with its gradient (which may have half the budget)
+                sparse_need = max(sparse_need, self._cache_row_nbytes(info, st), self._group_row_nbytes(info, st))
                 continue
             row = self._group_row_nbytes(info, st)
             # A 1-D parameter (a bias) is read whole.
