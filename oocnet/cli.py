@@ -37,6 +37,8 @@ def _load_eval_data(path: str):
             else:
                 X = sp.csr_matrix((f["X_data"], f["X_indices"], f["X_indptr"]), shape=tuple(f["X_shape"]))
             return X, f["y"]
+    except InputError:
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(f"--eval {path}: expected an .npz file, could not read it: {exc}") from exc
 
@@ -116,6 +118,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = config.load_config(args.config)
     result = run.evaluate(spec, data=args.data, labels=args.labels, top_k=args.top_k, progress=not args.no_progress)
+    if not result["examples"]:  # as train refuses empty training data: nothing was evaluated
+        from .errors import InputError
+
+        raise InputError(f"the data {result['data']} holds no examples: nothing to evaluate.")
     _print_result(args, result, run.format_eval)
     return 0
 
@@ -140,6 +146,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or os.path.isdir(args.json):
             raise ConfigError(f"--json {args.json}: cannot write a file there (no such folder, or it is a folder).")
+    if args.plot:
+        profile.plot_format(args.plot)
+    profile.check_interval(args.interval)
     try:
         allowance = 0 if str(args.allowance).strip() in ("0", "0B", "0MiB") else parse_bytes(args.allowance)
     except ConfigError:

@@ -561,7 +561,8 @@ class NpyDataset(Dataset):
     def __init__(self, path, *, labels, chunk_rows: int = CHUNK_ROWS) -> None:
         super().__init__(_existing(path))
         if labels is None:
-            raise ConfigError(f"{path}: a .npy file holds only X; give the labels' .npy file (labels=).")
+            raise ConfigError(f"{path}: a .npy file holds only X; give the labels' .npy file (labels= in Python, "
+                              "--labels on the command line).")
         self.labels = _existing(labels, "labels file")
         self.chunk_rows = _check_positive("chunk_rows", chunk_rows)
         with open(self.path, "rb") as fx, open(self.labels, "rb") as fy:
@@ -642,7 +643,8 @@ class NpzDataset(Dataset):
             raise InputError(f"{self.path}: expected members X and y (np.savez) or indptr, indices, data, shape "
                              f"(scipy.sparse.save_npz), got {sorted(names)}.")
         if self.labels is None and "y" not in names:
-            raise InputError(f"{self.path}: has no 'y' member; give the labels' .npy file (labels=).")
+            raise InputError(f"{self.path}: has no 'y' member; give the labels' .npy file (labels= in Python, "
+                             "--labels on the command line).")
         with zipfile.ZipFile(self.path) as zf, self._labels_stream(zf) as ys:
             _check_numeric(ys.dtype, ys.name, "labels")
             _check_labels_len(ys.n_rows, self.n_rows, str(self.path))

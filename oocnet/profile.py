@@ -49,6 +49,7 @@ on the check errs towards "over", and an "over" may be tracemalloc's doing
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -105,6 +106,19 @@ def _uss(pid: int | None) -> int | None:
         return None
 
 
+def check_interval(interval) -> float:
+    """``interval`` as seconds between samples: a finite number > 0, else :class:`~oocnet.errors.ConfigError`."""
+    try:
+        value = float(interval)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(interval, bool) or not (value > 0 and math.isfinite(value)):
+        from .errors import ConfigError
+
+        raise ConfigError(f"interval must be a positive number of seconds, got {interval!r}.")
+    return value
+
+
 @dataclass
 class RssSampler:
     """Samples a process's memory every ``interval`` seconds in a daemon thread.
@@ -142,6 +156,7 @@ class RssSampler:
     tracemalloc_at_peak: int = 0
 
     def __post_init__(self) -> None:
+        self.interval = check_interval(self.interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
@@ -313,11 +328,8 @@ class Profiler:
     """
 
     def __init__(self, interval: float = 0.01, trace_malloc: bool = True, uss_every: int = 10) -> None:
-        if not interval > 0:
-            from .errors import ConfigError
-
-            raise ConfigError(f"interval must be a positive number of seconds, got {interval!r}.")
-        self.interval, self.trace_malloc, self.uss_every = float(interval), bool(trace_malloc), int(uss_every)
+        self.interval = check_interval(interval)
+        self.trace_malloc, self.uss_every = bool(trace_malloc), int(uss_every)
         self.recorder: PhaseRecorder | None = None
         self.sampler: RssSampler | None = None
         self.baseline: dict[str, int] = {}
@@ -499,6 +511,7 @@ def profile_command(argv: list[str], *, interval: float = 0.01, trace_malloc: bo
 
     if not argv:
         raise ConfigError("profile needs a command after --, e.g. oocnet profile -- python script.py.")
+    interval = check_interval(interval)
     target = python_target(argv) if instrument else None
     out_fd, out_path = tempfile.mkstemp(prefix="oocnet-profile-", suffix=".json")
     os.close(out_fd)
@@ -574,6 +587,13 @@ def check_budget(report: dict, budget: int, allowance: int = 100 * MiB) -> dict:
     used = peak - overhead
     ok = used <= limit
     fm = _mib
+    if peak == 0:  # not one sample: the command ended (or the process vanished) before the first
+        why = ("not measured: no memory sample was taken (the command ended before the first one); "
+               "nothing to judge")
+        verdict = {"budget": int(budget), "allowance": int(allowance), "baseline_anon": base, "peak_anon": peak,
+                   "tracemalloc_overhead": overhead, "limit": limit, "ok": True, "measured": False, "reason": why}
+        report["budget"] = verdict
+        return verdict
     why = (f"peak anonymous RSS {fm(peak)}"
            + (f" - tracemalloc's own up to the peak {fm(overhead)} = {fm(used)}" if overhead else "")
            + f" {'<=' if ok else '>'} budget {fm(budget)} + baseline {fm(base)}"
@@ -582,12 +602,14 @@ def check_budget(report: dict, budget: int, allowance: int = 100 * MiB) -> dict:
            + ("" if ok or not overhead else " (tracemalloc costs more than it reports: --no-tracemalloc judges "
                                             "without it)"))
     verdict = {"budget": int(budget), "allowance": int(allowance), "baseline_anon": base, "peak_anon": peak,
-               "tracemalloc_overhead": overhead, "limit": limit, "ok": ok, "reason": why}
+               "tracemalloc_overhead": overhead, "limit": limit, "ok": ok, "measured": True, "reason": why}
     report["budget"] = verdict
     return verdict
 
 
 def _mib(n) -> str:
+    if 0 < abs(n) < MiB / 10:  # a tiny budget or allowance would read as 0.0 MiB
+        return f"{n / 1024:.1f} KiB"
     return f"{n / MiB:.1f} MiB"
 
 
@@ -726,18 +748,43 @@ _COLORS = {"setup": "#dddddd", "data": "#c6dbef", "load": "#fdd0a2", "forward": 
            "other": "#f0f0f0", "after": "#bdbdbd"}
 
 
-def plot_timeline(report: dict, path, buckets: int = 300) -> None:
-    """Draw RSS (total, anonymous, file-backed) over time with phase bands to a PNG (needs matplotlib)."""
+_PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path) -> str:
+    """The image format :func:`plot_timeline` writes ``path`` in, checked before a long run.
+
+    :class:`~oocnet.errors.ConfigError` unless matplotlib is installed, the
+    folder exists and ``path`` is not a folder, and its suffix is ``.png``,
+    ``.svg``, ``.pdf`` or none (PNG, written at exactly ``path``).
+    """
     from .errors import ConfigError
 
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError('--plot needs matplotlib; install it with pip install "oocnet[plot]".') from None
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or os.path.isdir(path):
+        raise ConfigError(f"--plot {path}: cannot write a file there (no such folder, or it is a folder).")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in _PLOT_FORMATS:
+        raise ConfigError(f"--plot {path}: the image must be a .png, .svg or .pdf file, got .{suffix}.")
+    return suffix or "png"
+
+
+def plot_timeline(report: dict, path, buckets: int = 300) -> None:
+    """Draw RSS (total, anonymous, file-backed) over time with phase bands to ``path`` (see :func:`plot_format`;
+    needs matplotlib)."""
+    from .errors import ConfigError
+
+    fmt = plot_format(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     tl = report["timeline"]
     t = tl["t"]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
@@ -776,9 +823,13 @@ def plot_timeline(report: dict, path, buckets: int = 300) -> None:
     ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format=fmt)
+    except OSError as exc:
+        raise ConfigError(f"--plot {os.fspath(path)}: cannot write it: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)
 
 
-__all__ = ["RssSampler", "memory_now", "max_rss_self", "Profiler", "PhaseRecorder", "profile_command",
-           "python_target", "check_budget", "format_report", "timeline_text", "plot_timeline"]
+__all__ = ["check_interval", "RssSampler", "memory_now", "max_rss_self", "Profiler", "PhaseRecorder", "profile_command",
+           "python_target", "check_budget", "format_report", "timeline_text", "plot_format", "plot_timeline"]

@@ -127,6 +127,9 @@ def test_evaluate(tmp_path, capsys):
     assert rc == 0 and "4,000 examples of" in out and "top-3" in out
     rc, out, err = run_cli(capsys, "evaluate", cfg, "--data", tmp_path / "nope.svm")
     assert rc == 2 and "does not exist" in err
+    (tmp_path / "empty.svm").write_text("")
+    rc, out, err = run_cli(capsys, "evaluate", cfg, "--data", tmp_path / "empty.svm", "--no-progress")
+    assert rc == 2 and "holds no examples: nothing to evaluate" in err  # as train refuses empty data
 
 
 def test_inspect(tmp_path, capsys):

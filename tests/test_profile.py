@@ -10,8 +10,10 @@ import tracemalloc
 
 import pytest
 
+import oocnet as oc
 from oocnet import cli, phases
-from oocnet.profile import Profiler, RssSampler, check_budget, format_report, python_target, timeline_text
+from oocnet.profile import (Profiler, RssSampler, check_budget, format_report, profile_command, python_target,
+                            timeline_text)
 
 from test_cli import make_task
 
@@ -128,6 +130,20 @@ def test_profile_usage_errors(tmp_path, capsys):
     assert rc == 2 and "cannot run" in err
     rc, out, err = run_cli(capsys, "profile", cfg, "--budget", "lots")
     assert rc == 2 and "budget must be a positive byte count" in err
+    # Options are checked before anything runs, in the -- COMMAND form too (the command would make `ran`).
+    ran = tmp_path / "ran"
+    command = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    for bad in ("-1", "0", "nan", "inf"):
+        rc, out, err = run_cli(capsys, "profile", "--interval", bad, *command)
+        assert rc == 2 and "interval must be a positive number of seconds" in err, (bad, err)
+    for plot in (tmp_path / "no-such-folder" / "m.png", tmp_path, tmp_path / "m.jpg"):
+        rc, out, err = run_cli(capsys, "profile", "--plot", plot, *command)
+        assert rc == 2 and ("--plot" in err or "needs matplotlib" in err), (plot, err)
+    assert not ran.exists()
+    with pytest.raises(oc.OocnetError, match="interval must be a positive number"):
+        profile_command([sys.executable, "-c", "pass"], interval=-1)
+    with pytest.raises(oc.OocnetError, match="interval must be a positive number"):
+        RssSampler(0.0)
 
 
 def test_python_target_recognises_python():
@@ -171,6 +187,12 @@ def test_plot(tmp_path, capsys):
                            "--no-progress", "--no-tracemalloc")
     assert rc in (0, 1), err
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No suffix: a PNG at exactly the path given (and the path printed is the file written); .svg as asked.
+    for name, magic in (("timeline", b"\x89PNG"), ("t.svg", b"<?xml")):
+        rc, out, err = run_cli(capsys, "profile", "--plot", tmp_path / name, "--", "sleep", "0.05")
+        assert rc == 0, err
+        assert (tmp_path / name).read_bytes()[:5].startswith(magic) and f"plot      {tmp_path / name}" in out
+    assert not (tmp_path / "timeline.png").exists()
 
 
 def test_budget_subtracts_tracemalloc_bookkeeping_from_before_the_peak_not_from_the_end():
@@ -221,3 +243,11 @@ def test_without_tracemalloc_the_traced_column_is_a_dash():
     assert "nan" not in text and "tracemalloc:" not in text
     rows = [l for l in text.splitlines() if l.startswith(("forward", "layer_a"))]
     assert len(rows) == 2 and all("–" in r for r in rows)
+
+
+def test_budget_verdict_shows_small_budgets_in_kib_and_does_not_judge_without_a_sample():
+    report = {"peak": {"anon": 3 * 2**20}, "baseline": {"anon": 2**20}}
+    v = check_budget(report, 1024, allowance=0)
+    assert not v["ok"] and v["measured"] and "budget 1.0 KiB" in v["reason"] and "OVER" in v["reason"]
+    v = check_budget({"peak": {"anon": 0}, "baseline": {"anon": 0}}, 1024)
+    assert v["ok"] and not v["measured"] and v["reason"].startswith("not measured")
