@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -215,7 +216,14 @@ def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256M
     with _limit_blas_threads():
         summary = train(spec, resume=resume, epochs=epochs, progress=progress, stream=stream)
     test = summary.get("test") or {}
+    # The command that trains this run one more epoch: every argument that differs from the default
+    # (a changed --vocab, --train, --words... would regenerate the data and start over).
+    given = {"--dir": (str(directory), "oocnet-demo"), "--vocab": (int(vocab), 10**6),
+             "--budget": (budget, "256MiB"), "--train": (int(n_train), 500_000), "--test": (int(n_test), 50_000),
+             "--words": (words, "auto"), "--seed": (int(seed), 0)}
+    again = " ".join(["oocnet demo"] + [f"{k} {shlex.quote(str(v))}" for k, (v, d) in given.items() if v != d])
     out = {
+        "again": again,
         "directory": str(directory),
         "vocab": task["vocab"], "classes": task["classes"], "words": task["words"],
         "n_train": n_train, "n_test": n_test,
@@ -270,7 +278,8 @@ def format_demo(s: dict) -> str:
                  f"{_fmt_s(s['eval_seconds'])}")
     lines.append("")
     d = s["directory"]
-    lines.append(f"next: `oocnet demo` again trains one more epoch (--fresh starts over); `oocnet inspect {d}/params`;")
+    again = s.get("again", "oocnet demo")
+    lines.append(f"next: `{again}` again trains one more epoch (--fresh starts over); `oocnet inspect {d}/params`;")
     lines.append(f"      `oocnet evaluate {d}/demo.toml`; "
                  f"`oocnet profile {d}/demo.toml --overwrite --budget {fb(s['budget']).replace(' ', '')}`")
     return "\n".join(lines)

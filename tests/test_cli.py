@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +228,11 @@ def test_demo_small_then_again(tmp_path, capsys):
     rc, out, _ = run_cli(capsys, "demo", "--dir", d, "--vocab", 3000, "--train", 6000, "--test", 1000,
                          "--words", "zipf", "--no-progress", "--fresh")
     assert rc == 0 and "held-out accuracy" in out and "parameters on disk" in out and "trained epoch 1" in out
+    # "next:" repeats the arguments that make this run (run without them, the demo would start another one)
+    again = re.search(r"next: `(oocnet demo[^`]*)` again", out).group(1)
+    assert again == f"oocnet demo --dir {shlex.quote(str(d))} --vocab 3000 --train 6000 --test 1000 --words zipf"
+    rc, out, _ = run_cli(capsys, *shlex.split(again)[1:], "--json", "--no-progress")
+    assert rc == 0 and json.loads(out)["epoch"] == 2 and not json.loads(out)["data_generated"]
     # the config it wrote drives the other commands
     rc, out, _ = run_cli(capsys, "evaluate", d / "demo.toml", "--json", "--no-progress")
     assert rc == 0 and json.loads(out)["examples"] == 1000
