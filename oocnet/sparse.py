@@ -3,7 +3,9 @@
 A batch over a vocabulary of V words is a B x V CSR matrix (one-hot, multi-hot
 bags, weighted counts such as tf-idf).  :func:`as_csr` also accepts integer ids:
 a 1-D array (one id per example), a 2-D integer array (k ids per example) or a
-list of id lists (ragged bags); each id counts 1.
+list of id lists (ragged bags); each id counts 1.  An integer array of width V
+whose entries are mostly 0 is refused: it is a one-hot or count matrix, which
+goes as floats or as a sparse matrix.
 
 :func:`prepare` canonicalises the CSR (duplicate ids in a row are summed,
 indices sorted -- on a copy, the caller's matrix is not changed) and finds the
@@ -75,6 +77,13 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
                 raise InputError("a batch given as nested lists must be a list of id lists (rows of integer ids).")
             raise InputError(f"a batch must be a sparse matrix, an array or a list of id lists, got {type(X).__name__}.")
         if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
+            if arr.ndim == 2 and arr.shape[1] == n_cols > 2 and 2 * np.count_nonzero(arr == 0) > arr.size:
+                # k = V ids a row, most of them id 0: surely a one-hot or count matrix given as ints
+                raise InputError(
+                    f"an integer array of shape {arr.shape} is read as {n_cols} ids a row, and most of these "
+                    f"would be id 0: it looks like a one-hot or count matrix (B x V). Pass it as floats "
+                    f"(X.astype(float)) or as scipy.sparse.csr_matrix(X); ids go as an array (B, k) or a list of lists."
+                )
             ids = _check_ids(arr, n_cols, "ids")
             ids = ids[:, None] if ids.ndim == 1 else ids
             n, k = ids.shape

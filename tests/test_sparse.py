@@ -76,6 +76,7 @@ def test_prepare_remaps_onto_touched_rows_only():
         ("words", "dtype <U5"),
         ([[1, [2]], [3]], r"row 0 of an id-list batch must be a flat list of integer ids, got \[1, \[2\]\]"),
         ([[1, 2], [3, [4, 5]]], "row 1 of an id-list batch"),
+        (np.eye(2, 120, dtype=int), "looks like a one-hot or count matrix"),
         (None, "got NoneType"),
         ({"ids": [1, 2]}, "got dict"),
         (np.full((2, 120), 1e300), "beyond the range of float32"),
