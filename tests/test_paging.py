@@ -111,6 +111,20 @@ def test_resident_bytes_never_exceed_budget_under_random_access():
         np.testing.assert_array_equal(store.read(k), ref[k])
 
 
+def test_a_row_set_that_does_not_fit_is_refused_with_what_holds_the_budget():
+    store, pager = make(4000, rows=100)
+    pager.enable_row_cache("a", 20)
+    held = pager.resident_bytes  # the cache
+    with pytest.raises(BudgetError) as info:
+        pager.gather("b", np.arange(100))  # 3,200 B
+    msg = str(info.value)
+    assert "100 rows of 'b' need 3.1 KiB" in msg and "budget of 3.9 KiB" in msg
+    assert f"{format_bytes(4000 - held)} of the budget" in msg and f"{format_bytes(held)} is held by row caches" in msg
+    rows = pager.gather("b", np.arange(10))  # what fits still works
+    np.testing.assert_array_equal(rows, store.read("b")[:10])
+    pager.release("b", np.arange(10))
+
+
 def test_pinned_blocks_are_never_evicted_and_overflow_is_a_budget_error():
     store, pager = make(320)
     pager.checkout("a", 0, 10)

@@ -560,9 +560,13 @@ class Pager:
         with self._lock:
             if not self.store.zero_copy:
                 if not self._room(nbytes):
+                    caches = sum(c.nbytes for c in self._row_caches.values())
                     raise BudgetError(
-                        f"{len(rows)} rows of {key!r} need {format_bytes(nbytes)}, more than the budget of "
-                        f"{format_bytes(self.budget)} leaves free; raise the budget or use smaller batches."
+                        f"{len(rows)} rows of {key!r} need {format_bytes(nbytes)}, more than the "
+                        f"{format_bytes(max(0, self.budget - self._resident))} of the budget of "
+                        f"{format_bytes(self.budget)} left free ({format_bytes(caches)} is held by row caches, "
+                        f"{format_bytes(self._resident - caches)} by this step's other rows and blocks); raise the "
+                        f"budget, or use smaller batches (or fewer sampled classes)."
                     )
                 self._grow(nbytes)
             try:
