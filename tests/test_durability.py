@@ -548,6 +548,36 @@ def test_a_parameter_deleted_since_the_commit_survives_a_crash(backend, tmp_path
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_committed_parameter_whose_name_was_damaged_is_refused_not_dropped(backend, tmp_path):
+    """One changed byte in the name a parameter is stored under must not make it a new, uncommitted one."""
+    import json
+
+    import h5py
+
+    path = store_path(tmp_path, backend)
+    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2) + 100
+    with open_store(path) as s:
+        s.create("emb/W", a.shape, "float64", a)
+        s.create("b", b.shape, "float64", b)
+        s.commit(step=7)
+    if backend == "memmap":
+        man = path / "manifest.json"
+        doc = json.loads(man.read_text())
+        doc["params"]["emX/W"] = doc["params"].pop("emb/W")
+        man.write_text(json.dumps(doc))
+    else:
+        with h5py.File(path, "r+") as f:
+            f.visititems(lambda name, obj: obj.attrs.__setitem__("oocnet_key", "emX/W")
+                         if isinstance(obj, h5py.Dataset) and obj.attrs.get("oocnet_key") == "emb/W" else None)
+    files = sorted(p.name for p in (path.iterdir() if path.is_dir() else path.parent.iterdir()))
+    for read_only in (True, False):
+        with pytest.raises(StoreFormatError, match=r"holds 'emb/W', but the store has no such parameter.*'emX/W'"):
+            open_store(path, read_only=read_only)
+    # nothing was dropped: the data is there for whoever repairs the name
+    assert sorted(p.name for p in (path.iterdir() if path.is_dir() else path.parent.iterdir())) == files
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_deleted_parameter_goes_at_the_commit_and_cannot_be_recreated_before_it(backend, tmp_path):
     path = store_path(tmp_path, backend)
     with open_store(path) as s:

@@ -388,6 +388,17 @@ class DurableStore:
             self._commit = {k: record.get(k) for k in ("generation", "step", "metadata", "time")}
             self._checksums = {k: list(v) for k, v in record.get("checksums", {}).items()}
             self._stamps = dict(record.get("stamps", {}))
+            # A commit's parameters exist until a later commit drops them (their files go after that
+            # commit's record), so one missing now was damaged or removed by hand -- or its name was,
+            # which would make its data look like an uncommitted parameter, dropped below.
+            missing = sorted(k for k in self._checksums if not self._has(k))
+            if missing:
+                raise StoreFormatError(
+                    f"{self.path}: the last commit (generation {record.get('generation')}, step "
+                    f"{record.get('step')}) holds {', '.join(map(repr, missing))}, but the store has no such "
+                    f"parameter (it has {', '.join(map(repr, sorted(self._keys()))) or 'none'}): its files, or the "
+                    f"name they are stored under, are damaged or missing. Nothing was changed."
+                )
         else:  # written before commits existed (or brand new): adopt what is there, checksums unknown
             self._checksums = {k: [None] * len(self._blocks(k)) for k in self._keys()}
         gen = self._commit["generation"]
