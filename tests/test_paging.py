@@ -290,6 +290,46 @@ def test_a_tiny_row_cache_keeps_its_queues_consistent(capacity):
         np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
 
 
+@pytest.mark.parametrize("capacity", [3, 40, 300])
+def test_a_row_cache_whose_write_backs_fail_keeps_every_row_and_slot(capacity):
+    """An eviction whose write fails (disk full) raises, and the cache goes on as if it had not been
+    tried: the victims stay cached (dirty ones dirty), no slot is lost, and once writes work again
+    every value reaches the store."""
+    from oocnet.errors import StoreIOError
+
+    n, d = 500, 2
+    store, ref, cache = counted_row_cache(n, d, capacity)
+    rng = np.random.default_rng(capacity)
+    write = store._write_index
+    failing = {"on": False}
+
+    def flaky(key, rows, value):
+        if failing["on"]:
+            raise StoreIOError("writing W failed: No space left on device (errno 28).")
+        write(key, rows, value)
+
+    store._write_index = flaky
+    failures = 0
+    for step in range(400):
+        failing["on"] = 100 <= step < 300 and rng.random() < 0.5
+        rows = np.unique(rng.integers(0, n, size=rng.integers(1, capacity + 1)))[:capacity]
+        try:
+            got = cache.gather(rows)
+        except StoreIOError:
+            failures += 1
+        else:
+            np.testing.assert_array_equal(got, ref[rows])
+            ref[rows] = rng.standard_normal((rows.size, d))
+            cache.scatter(rows, ref[rows])
+        small = cache.small[(cache.small_head + np.arange(cache.n_small)) % cache.capacity]
+        places = np.concatenate([small, np.flatnonzero(cache.in_main), cache.free[: cache.n_free]])
+        assert sorted(places.tolist()) == list(range(cache.used))  # each slot in exactly one place
+        assert cache.n_main == np.count_nonzero(cache.in_main)
+    assert failures > 10
+    cache.flush()
+    np.testing.assert_array_equal(store.read_rows("W", 0, n), ref)
+
+
 @pytest.mark.parametrize("capacity", [40, 300])
 def test_row_cache_interleaved_gathers_and_scatters_match_a_plain_array(capacity):
     """Two row sets in flight (gather A, gather B, scatter A, scatter B): B's lookup may evict A's rows."""

@@ -211,6 +211,7 @@ class RowCache:
         for the policy); dirty victims are written back, and the slots not needed
         now go on the free list.
         """
+        used, n_free = self.used, self.n_free  # restored if the write-back below fails
         fresh = np.arange(self.used, min(self.capacity, self.used + k))
         self.used += fresh.size
         need = k - fresh.size
@@ -248,7 +249,16 @@ class RowCache:
                 need -= got.size
         victims = np.concatenate(chosen)
         self._memo = None  # these slots change hands
-        self._write_back(victims)
+        try:
+            self._write_back(victims)
+        except BaseException:
+            # Still cached (dirty rows whose write failed stay dirty): back to the main queue, or
+            # their slots would be in no queue and not free -- lost to every later eviction.  The
+            # unused and free slots handed out above are given back (the free list still holds them).
+            self.in_main[victims] = True
+            self.n_main += victims.size
+            self.used, self.n_free = used, n_free
+            raise
         self.table.delete(self.row_of_slot[victims])
         self.row_of_slot[victims] = -1
         spare = victims[wanted:]
