@@ -512,6 +512,18 @@ def test_memmap_shard_not_npy(memmap_folder):
         MemmapStore(memmap_folder)
 
 
+@pytest.mark.parametrize("old, new", [(b"'shape': (", b"'shape': r"), (b"'descr'", b"'descr\n"), (b"}", b"{")])
+def test_memmap_shard_with_a_damaged_npy_header(memmap_folder, old, new):
+    """One flipped byte in the header dict fails numpy's parser in several ways; each is a format error."""
+    path = memmap_folder / manifest_of(memmap_folder)["params"]["w"]["shards"][0]["file"]
+    raw = path.read_bytes()
+    assert old in raw[:128]
+    path.write_bytes(raw.replace(old, new, 1))
+    for read_only in (True, False):
+        with pytest.raises(StoreFormatError, match="expected a .npy header .* got an invalid one"):
+            MemmapStore(memmap_folder, read_only=read_only)
+
+
 def test_memmap_rejected_open_releases_the_folder(memmap_folder):
     edit_manifest(memmap_folder, lambda d: d.update(version=99))
     with pytest.raises(StoreFormatError):

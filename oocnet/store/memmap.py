@@ -863,8 +863,9 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                 raise
             except OSError as exc:
                 raise _io_error(exc, "reading", path) from exc
-            except (ValueError, SyntaxError, TypeError) as exc:
-                raise StoreFormatError(f"{at}: expected a .npy header in {path}, got an invalid one ({exc}).") from exc
+            except Exception as exc:  # damaged header bytes fail numpy's parser in many ways (tokenize.TokenError...)
+                raise StoreFormatError(f"{at}: expected a .npy header in {path}, got an invalid one "
+                                       f"({type(exc).__name__}: {exc}).") from exc
         want_dtype = _file_dtype(dtype)
         if tuple(got_shape) != shape or got_dtype != want_dtype or fortran:
             got = f"shape {tuple(got_shape)} {got_dtype.str}{' Fortran order' if fortran else ''}"
