@@ -841,3 +841,44 @@ def test_hdf5_reopen_at_a_commit_does_not_reread_the_file(tmp_path, monkeypatch)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(StoreFormatError):
         open_store(path, read_only=True)
+
+
+def test_an_hdf5_store_whose_creation_fails_leaves_no_files(tmp_path, monkeypatch):
+    """A full disk can fail the first commit record of a new HDF5 store: the half-made file (which a
+    later open would refuse, blocking the path) and the record's temp file are removed."""
+    import errno
+
+    import oocnet.store.durable as durable
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).endswith(".commit.json.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", full)
+    path = tmp_path / "s.h5"
+    with pytest.raises(StoreIOError, match=r"s\.h5\.commit\.json failed: No space left on device"):
+        HDF5Store(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(durable.os, "fsync", real_fsync)
+    with HDF5Store(path) as s:  # the path is free for a store that can be made
+        s.create("w", (3, 2), "float64", np.ones((3, 2)))
+        s.commit()
+    with HDF5Store(path, read_only=True) as s:
+        np.testing.assert_array_equal(s.read("w"), np.ones((3, 2)))
+
+
+def test_a_truncated_hdf5_store_is_a_format_error(tmp_path):
+    path = tmp_path / "s.h5"
+    with HDF5Store(path) as s:
+        s.create("w", (300, 20), "float64", np.ones((300, 20)))
+        s.commit()
+    size = path.stat().st_size
+    for keep in (size // 2, 4096, 1500):
+        os.truncate(path, keep)
+        for read_only in (True, False):
+            with pytest.raises(StoreFormatError):
+                HDF5Store(path, read_only=read_only)
+        assert path.exists() and path.stat().st_size == keep  # a damaged store is never removed

@@ -85,6 +85,7 @@ records existed has no record to rewrite; its readers are not told of a rollback
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
@@ -241,6 +242,8 @@ def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
         os.replace(tmp, path)
         os.fsync(dir_fd)
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a half-written temp file (a full disk): not left behind
+            os.unlink(tmp)
         raise StoreIOError(f"writing {path} failed: {exc.strerror or exc} (errno {exc.errno}).") from exc
 
 

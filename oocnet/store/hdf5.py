@@ -266,7 +266,7 @@ class _Mover(RowFileIO):
 
 
 # What HDF5 says when a file's bytes, not the system, are at fault.
-_DAMAGED = ("truncated file", "signature", "superblock", "bad object header", "checksum")
+_DAMAGED = ("truncated file", "signature", "superblock", "bad object header", "checksum", "adjustment for eoa")
 
 
 def lazy_prefix(path: Path) -> str:
@@ -342,6 +342,7 @@ class HDF5Store(DurableStore, Store):
         self._raw: dict[str, _Param | None] = {}  # key -> its chunk runs, None: served through h5py
         self._real = os.path.realpath(self.path)
         self._registered = False  # in _WRITERS
+        self._created = False  # the file was created by this open (removed again if the open fails)
         try:
             self._open_file()
             self._closed = False
@@ -352,6 +353,12 @@ class HDF5Store(DurableStore, Store):
         except BaseException:
             self._closed = True
             self._close()
+            if self._created:  # made by this open and not finished (e.g. the disk filled): leave no trace
+                from .files import store_files
+
+                for f in store_files(self.path, "hdf5"):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
             raise
 
     # -- opening --------------------------------------------------------------------
@@ -363,6 +370,8 @@ class HDF5Store(DurableStore, Store):
         except OocnetError:
             raise
         except (OSError, RuntimeError, ValueError) as exc:  # h5py reports some write failures as ValueError
+            if any(m in str(exc).lower() for m in _DAMAGED):
+                raise StoreFormatError(f"{self.path} is damaged (truncated or corrupt); HDF5 says: {exc}") from exc
             raise StoreIOError(f"{action} {self.path} failed: {exc}") from exc
 
     def _open_file(self) -> None:
@@ -406,6 +415,7 @@ class HDF5Store(DurableStore, Store):
             # The stamp as the file was before HDF5 opened it for writing (which may touch it):
             # what the commit record is compared with on this open.
             self._stamp_at_open = self._file_stamp(p) if p.exists() else None
+            self._created = new  # under the lock file: nobody else made it since the check above
             self._file = self._open_h5(p, mode)
         except OSError as exc:
             if "unable to lock file" in str(exc):
@@ -426,11 +436,12 @@ class HDF5Store(DurableStore, Store):
             self._persist_commit({"generation": 0, "step": 0, "metadata": {}, "time": None, "checksums": {},
                                   "stamps": {}})
             return
-        fmt = _as_str(attrs.get("oocnet_format"))
+        with self._guard("reading"):
+            fmt = _as_str(attrs.get("oocnet_format"))
+            version = attrs.get("oocnet_version")
         if fmt != FORMAT_NAME:
             got = "no such attribute" if fmt is None else repr(fmt)
             raise StoreFormatError(f"{p}: expected root attribute oocnet_format = {FORMAT_NAME!r}, got {got}.")
-        version = attrs.get("oocnet_version")
         if not _is_int(version) or version < 1:
             raise StoreFormatError(f"{p}: expected root attribute oocnet_version = {FORMAT_VERSION}, got {version!r}.")
         if version > FORMAT_VERSION:
