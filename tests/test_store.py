@@ -882,3 +882,27 @@ def test_a_truncated_hdf5_store_is_a_format_error(tmp_path):
             with pytest.raises(StoreFormatError):
                 HDF5Store(path, read_only=read_only)
         assert path.exists() and path.stat().st_size == keep  # a damaged store is never removed
+
+
+def test_an_hdf5_store_renamed_with_its_side_files_opens_and_commits(tmp_path):
+    """Its written-row bitmaps are named after the store's file; renamed with it, they are found."""
+    import oocnet as oc
+    from oocnet.store.files import store_files
+
+    old, new = tmp_path / "a.h5", tmp_path / "b.h5"
+    model = oc.Sequential([oc.Embedding(1000, 4), oc.Dense(4, 3)], store=old, seed=0, dtype="float64")
+    model.train_step([[1, 5], [7]], [0, 2], "softmax_cross_entropy", oc.SGD(0.5))
+    model.commit()
+    want = model.state_dict()
+    model.close()
+    for f in store_files(old, "hdf5"):
+        f.rename(tmp_path / f.name.replace("a.h5", "b.h5", 1))
+    again = oc.Sequential([oc.Embedding(1000, 4), oc.Dense(4, 3)], store=new, seed=0, dtype="float64")
+    assert again.step == 1 and all(np.array_equal(again.state_dict()[k], v) for k, v in want.items())
+    again.train_step([[9]], [1], "softmax_cross_entropy", oc.SGD(0.5))
+    again.commit()  # the next commit's bitmaps carry the new name; the store reopens from them alone
+    after = again.state_dict()
+    again.close()
+    assert all(f.name.startswith("b.h5") for f in store_files(new, "hdf5"))
+    with open_store(new, read_only=True) as s:
+        assert s.verify() == [] and np.array_equal(s.read("embedding_0/W"), after["embedding_0/W"])

@@ -760,12 +760,19 @@ class DurableStore:
                     f"written rows (was the record rewritten by another program?); its rows cannot be told apart "
                     f"from its initial values."
                 )
+        entries = {}
         for key, entry in section.items():
             if key not in self._keys():
                 continue
             info = self._info(key)
             try:
                 name, crc = entry["file"], entry["crc"]
+                if isinstance(name, str) and not name.startswith(prefix):
+                    # An HDF5 store renamed with its side files: bitmaps are named after the store's file.
+                    i = name.rfind(".written.")
+                    moved = prefix + name[i + len(".written."):] if i > 0 and prefix.endswith(".written.") else None
+                    if moved is not None and _LAZY_NAME.fullmatch(moved[len(prefix):]) and (folder / moved).exists():
+                        name, entry = moved, {**entry, "file": moved}
                 if not isinstance(name, str) or not name.startswith(prefix) or \
                         not _LAZY_NAME.fullmatch(name[len(prefix):]):
                     raise ValueError(f"a file name {prefix}<16 hex digits>.<generation>, got {name!r}")
@@ -797,7 +804,8 @@ class DurableStore:
                 self._lazy[key] = LazyRows(init, info.n_rows, np.frombuffer(data, dtype=np.uint8).copy())
             except ValueError as exc:
                 raise StoreFormatError(f"{path}: {exc}.") from exc
-        self._lazy_record = {k: section[k] for k in self._lazy}
+            entries[key] = entry
+        self._lazy_record = {k: entries[k] for k in self._lazy}
         if not self.read_only:
             self._remove_lazy_orphans({e["file"] for e in self._lazy_record.values()})
 
@@ -829,10 +837,7 @@ class DurableStore:
                 continue
             name = self._lazy_file(key, generation)
             data = lazy.bits.tobytes()
-            try:
-                write_atomic(folder / name, data, self._dir_fd_durable)
-            except OSError as exc:
-                raise StoreIOError(f"writing {folder / name} failed: {exc}.") from exc
+            write_atomic(folder / name, data, self._dir_fd_durable)  # a failure is a StoreIOError naming the file
             section[key] = {"init": lazy.init.spec, "file": name, "crc": _lazy_crc(data, lazy.init.spec)}
         return section
 
