@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import BudgetError, ConfigError, OocnetError
 from ..phases import phase as _phase, track_pager as _track_pager  # profiler marks (no-ops unless profiling)
-from ..store.base import Store
+from ..store.base import Store, format_bytes
 from .rowcache import RowCache
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -75,17 +75,6 @@ def parse_bytes(value) -> int | None:
         f"budget must be a positive byte count such as 268435456, '256MiB' or '1.5GB', or none (no limit), "
         f"got {value!r}."
     )
-
-
-def format_bytes(n: float | None) -> str:
-    """``1536`` -> ``'1.5 KiB'``; None -> ``'unlimited'``."""
-    if n is None:
-        return "unlimited"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 @dataclass

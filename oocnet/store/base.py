@@ -162,6 +162,17 @@ def validate_shape(shape: object) -> tuple[int, ...]:
     return dims
 
 
+def format_bytes(n: float | None) -> str:
+    """``1536`` -> ``'1.5 KiB'``; None -> ``'unlimited'``."""
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 def check_disk_room(info: "ParamInfo", folder) -> None:
     """Refuse, before anything is written, a parameter whose bytes ``folder``'s filesystem cannot hold."""
     try:
@@ -172,8 +183,8 @@ def check_disk_room(info: "ParamInfo", folder) -> None:
     if info.nbytes > free:
         from ..errors import StoreIOError
 
-        raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB on disk, but {folder} has "
-                           f"{free / 2**30:.3g} GiB free.")
+        raise StoreIOError(f"parameter {info.key!r} needs {format_bytes(info.nbytes)} on disk, but {folder} has "
+                           f"{format_bytes(free)} free.")
 
 
 class Store(abc.ABC):

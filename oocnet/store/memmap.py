@@ -1033,8 +1033,9 @@ class MemmapStore(RowFileIO, DurableStore, Store):
         except (ImportError, ValueError, OSError):
             return  # no rlimits here: the OS reports EMFILE itself if it comes to that
         if soft != resource.RLIM_INFINITY and need > soft:
-            raise StoreIOError(f"parameter {info.key!r} needs {n_shards} shard files, more than the {soft} files "
-                               f"this process may open; open the store with a larger shard_bytes (now "
+            raise StoreIOError(f"parameter {info.key!r} needs {n_shards} shard files; with the {len(self._fds)} the "
+                               f"store has open (and 64 kept for the rest of the process) that is more than the "
+                               f"{soft} files this process may open. Open the store with a larger shard_bytes (now "
                                f"{self.shard_bytes}).")
 
     def _delete(self, key):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StoreIOError
-from .base import ParamInfo, RowInitializer, Store, chunk_rows
+from .base import ParamInfo, RowInitializer, Store, chunk_rows, format_bytes
 
 
 class MemoryStore(Store):
@@ -28,7 +28,7 @@ class MemoryStore(Store):
         try:
             arr = np.zeros(info.shape, dtype=info.dtype)
         except MemoryError:
-            raise StoreIOError(f"parameter {info.key!r} needs {info.nbytes / 2**30:.3g} GiB, more than this "
+            raise StoreIOError(f"parameter {info.key!r} needs {format_bytes(info.nbytes)}, more than this "
                                f"machine can give a store in RAM; use a disk store (store=PATH).") from None
         if init is not None:
             for a, b in chunk_rows(info):
