@@ -907,3 +907,23 @@ def test_an_hdf5_store_renamed_with_its_side_files_opens_and_commits(tmp_path):
     assert all(f.name.startswith("b.h5") for f in store_files(new, "hdf5"))
     with open_store(new, read_only=True) as s:
         assert s.verify() == [] and np.array_equal(s.read("embedding_0/W"), after["embedding_0/W"])
+
+
+def test_an_hdf5_store_whose_file_is_gone_is_not_silently_started_over(tmp_path):
+    """Its side files (commit record, bitmaps) without the .h5 file: refused, not a new empty store at step 0."""
+    from oocnet.store import remove_store
+
+    path = tmp_path / "s.h5"
+    with HDF5Store(path) as s:
+        s.create("w", (3, 2), "float64", np.ones((3, 2)))
+        s.commit(step=14)
+    path.unlink()
+    side = sorted(f.name for f in tmp_path.iterdir())
+    assert "s.h5.commit.json" in side
+    with pytest.raises(StoreFormatError, match=r"s\.h5 is missing, but its commit record s\.h5\.commit\.json"):
+        HDF5Store(path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == side  # nothing made, nothing removed
+    remove_store(path)  # what the message advises, to start over
+    assert list(tmp_path.iterdir()) == []
+    with HDF5Store(path) as s:
+        assert s.keys() == [] and s.last_commit["step"] == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import ParamInfo, Store
+from .files import remove_store, store_files
 from .memory import MemoryStore
 
 BACKENDS = ("memory", "memmap", "hdf5")
@@ -63,4 +64,4 @@ def open_store(path=None, *, backend: str | None = None, read_only: bool = False
     return HDF5Store(path, read_only=read_only, **options)
 
 
-__all__ = ["open_store", "Store", "ParamInfo", "MemoryStore", "BACKENDS"]
+__all__ = ["open_store", "remove_store", "store_files", "Store", "ParamInfo", "MemoryStore", "BACKENDS"]

@@ -79,7 +79,8 @@ def remove_store(path, backend: str | None = None) -> None:
     if not store_exists(p, backend):
         if not hdf5 and p.is_dir() and any(p.iterdir()):
             raise ConfigError(f"{p} is not an oocnet store (no manifest.json); not deleting it.")
-        return
+        if not (hdf5 and store_files(p, "hdf5")):
+            return  # nothing there (an HDF5 store's side files without its file are deleted below)
     # Held while deleting: a running writer makes this fail naming its pid, and none can start.
     fd = acquire_lock(p.with_name(p.name + ".lock") if hdf5 else p / "lock", p)
     try:

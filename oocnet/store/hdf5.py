@@ -389,6 +389,13 @@ class HDF5Store(DurableStore, Store):
         else:
             if self.read_only:
                 raise StoreError(f"no HDF5 store at {p}: the file does not exist (read_only=True does not create it).")
+            record = p.with_name(p.name + ".commit.json")
+            if record.exists():  # a store's side files without its data: never start a new store over them
+                raise StoreFormatError(
+                    f"{p} is missing, but its commit record {record.name} is there: the store's data file was "
+                    f"deleted or moved. Restore it; or, to start over, delete the store's remaining files "
+                    f"(oocnet.store.remove_store({os.fspath(p)!r}))."
+                )
             try:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
