@@ -400,9 +400,12 @@ def test_memmap_truncated_shard_while_open_is_an_io_error(tmp_path):
 
 # -- memmap: manifest validation ------------------------------------------------------
 def edit_manifest(folder: Path, edit) -> None:
+    """Change the manifest and seal it again: the checks beneath its own crc are what is tested."""
+    from oocnet.store.durable import sealed
+
     doc = manifest_of(folder)
     edit(doc)
-    (folder / "manifest.json").write_text(json.dumps(doc))
+    (folder / "manifest.json").write_text(json.dumps(sealed(doc)))
 
 
 @pytest.fixture
@@ -927,3 +930,29 @@ def test_an_hdf5_store_whose_file_is_gone_is_not_silently_started_over(tmp_path)
     assert list(tmp_path.iterdir()) == []
     with HDF5Store(path) as s:
         assert s.keys() == [] and s.last_commit["step"] == 0
+
+
+@pytest.mark.parametrize("backend", ["memmap", "hdf5"])
+def test_a_commit_record_changed_by_one_digit_is_refused(tmp_path, backend):
+    """The record (the memmap manifest, the HDF5 commit.json) carries a crc of its own contents: a step or a
+    generation changed in place, still valid JSON, is refused; a record without a crc (older oocnet) opens."""
+    path = tmp_path / ("s" if backend == "memmap" else "s.h5")
+    with open_store(path) as s:
+        s.create("w", (3, 2), "float64", np.ones((3, 2)))
+        s.commit(step=14)
+    record = path / "manifest.json" if backend == "memmap" else tmp_path / "s.h5.commit.json"
+    good = record.read_text()
+    assert '"crc"' in good
+    for old, new in (('"step": 14', '"step": 19'), ('"generation": 1', '"generation": 7')):
+        assert old in good
+        record.write_text(good.replace(old, new, 1))
+        for read_only in (True, False):
+            with pytest.raises(StoreFormatError, match="do not match its own crc"):
+                open_store(path, read_only=read_only)
+    doc = json.loads(good)
+    del doc["crc"]
+    record.write_text(json.dumps(doc))
+    with open_store(path) as s:
+        assert s.last_commit["step"] == 14
+        s.commit(step=15)  # and the next record is sealed again
+    assert '"crc"' in record.read_text()

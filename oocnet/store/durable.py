@@ -226,6 +226,35 @@ class RowSet:
                 yield ids
 
 
+def _doc_crc(doc: dict) -> int:
+    body = {k: v for k, v in doc.items() if k != "crc"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def sealed(doc: dict) -> dict:
+    """``doc`` with ``"crc"``: the crc32 of its canonical JSON (sorted keys, no spaces) without that field.
+
+    Commit records and manifests carry it, so that a changed byte that still parses -- a digit of
+    the step, a key -- is found on open (the data has its own checksums).
+    """
+    return {**doc, "crc": _doc_crc(doc)}
+
+
+def check_seal(where: str, doc: dict) -> None:
+    """Raise ChecksumError if ``doc`` carries a ``"crc"`` (see :func:`sealed`) that its contents do not match.
+
+    Documents written before the field existed have none and are taken as they are.
+    """
+    if "crc" not in doc:
+        return
+    crc = doc["crc"]
+    if isinstance(crc, bool) or not isinstance(crc, int) or crc != _doc_crc(doc):
+        raise ChecksumError(
+            f"{where}: its contents do not match its own crc ({crc!r}): the file was damaged, or changed "
+            f"by hand. The store is not opened on it."
+        )
+
+
 def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
     """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync folder)."""
     tmp = path.with_name(path.name + ".tmp")

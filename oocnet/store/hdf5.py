@@ -50,8 +50,10 @@ Beside the file
 ``<file>.commit.json``: the commit record (:mod:`oocnet.store.durable`),
 ``{"format": "oocnet-hdf5-commit", "version": 2, "generation", "step",
 "metadata", "time", "checksums": {key: [u64]}, "stamps": {file: [size,
-mtime_ns]}}`` -- one checksum per dataset (:mod:`oocnet.store.checksum`),
-replaced atomically at each commit.  It lives outside the HDF5 file so that a
+mtime_ns], "crc": u32}`` -- one checksum per dataset (:mod:`oocnet.store.checksum`),
+replaced atomically at each commit.  ``crc`` is the crc32 of the record's canonical
+JSON without it (:func:`oocnet.store.durable.sealed`); a record without one (older
+versions) is read as it is.  It lives outside the HDF5 file so that a
 commit never rewrites HDF5 metadata.  A lazily created parameter (rows never
 written are computed from their initializer) adds ``"lazy": {key: {"init":
 spec, "file": name, "crc": crc32}}``; the file
@@ -125,7 +127,7 @@ import numpy as np
 from h5py import h5s
 
 from ..errors import ConfigError, OocnetError, StoreError, StoreFormatError, StoreIOError
-from .durable import DurableStore, acquire_lock, write_atomic
+from .durable import DurableStore, acquire_lock, check_seal, sealed, write_atomic
 from .memmap import _PIECE_BYTES, _RWF_NOWAIT, RowFileIO, _advise_random, _Param, _Shard, zero_region
 from .base import (
     ParamInfo,
@@ -924,6 +926,7 @@ class HDF5Store(DurableStore, Store):
         if version > FORMAT_VERSION:
             raise StoreFormatError(f"{path}: expected version {FORMAT_VERSION} or older, got {version}; "
                                    "the store was written by a newer oocnet, upgrade to read it.")
+        check_seal(str(path), doc)
         for fld in ("generation", "step"):
             if not _is_int(doc.get(fld)) or doc[fld] < 0:
                 raise StoreFormatError(f"{path}: expected {fld} to be an integer >= 0, got {doc.get(fld)!r}.")
@@ -938,7 +941,7 @@ class HDF5Store(DurableStore, Store):
         return self._load_commit() or {}
 
     def _persist_commit(self, record: dict) -> None:
-        doc = {"format": COMMIT_FORMAT, "version": FORMAT_VERSION, **record}
+        doc = sealed({"format": COMMIT_FORMAT, "version": FORMAT_VERSION, **record})
         write_atomic(self._sidecar(".commit.json"), json.dumps(doc, indent=1).encode("ascii"), self._dir_fd_durable)
 
     def _drop_params(self, keys: list[str]) -> None:

@@ -56,7 +56,10 @@ A JSON object (UTF-8; :func:`json.dumps` escapes non-ASCII key characters as
           "lazy": true                   # only on a parameter created lazily: then the
                                          # commit's "lazy" section must hold its bitmap
         }
-      }
+      },
+      "crc": 123456789                   # crc32 of the canonical JSON of everything else
+                                         # (oocnet.store.durable.sealed); absent in older
+                                         # manifests, which are read as they are
     }
 
 ``params`` lists every parameter of the last commit, and may list parameters
@@ -178,7 +181,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ConfigError, StoreError, StoreFormatError, StoreIOError
-from .durable import DurableStore, acquire_lock, write_atomic
+from .durable import DurableStore, acquire_lock, check_seal, sealed, write_atomic
 from .base import (
     ParamInfo,
     RowInitializer,
@@ -753,6 +756,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
                 f"{where}: expected version {FORMAT_VERSION} or older, got {version}; "
                 "the store was written by a newer oocnet, upgrade to read it."
             )
+        check_seal(where, doc)
         params = doc.get("params")
         if not isinstance(params, dict):
             raise StoreFormatError(f"{where}: expected 'params' to be an object, got {type(params).__name__}.")
@@ -896,7 +900,7 @@ class MemmapStore(RowFileIO, DurableStore, Store):
 
     def _write_manifest(self) -> None:
         """Replace manifest.json atomically: temp file, fsync, rename, fsync the folder."""
-        data = json.dumps(self._manifest_doc(), indent=1).encode("ascii")
+        data = json.dumps(sealed(self._manifest_doc()), indent=1).encode("ascii")
         write_atomic(self.path / MANIFEST, data, self._dir_fd)
 
     # -- files ----------------------------------------------------------------------
