@@ -47,7 +47,8 @@ def test_parse_bytes(text, n):
     assert parse_bytes(text) == n
 
 
-@pytest.mark.parametrize("bad", [0, -5, "0MiB", "lots", "12XB", 1.5, True, "infMiB", "1e400", "nan", "0.5"])
+@pytest.mark.parametrize("bad", [0, -5, "0MiB", "lots", "12XB", 1.5, True, "infMiB", "1e400", "nan", "0.5",
+                                 "\u0661\u0662\u0663", "\uff11\uff12MiB"])
 def test_parse_bytes_rejects(bad):
     with pytest.raises(ConfigError, match="budget must be"):
         parse_bytes(bad)

@@ -66,7 +66,7 @@ def parse_bytes(value) -> int | None:
         num = text.rstrip("kmgtib")
         unit = text[len(num):] or "b"
         try:
-            n = float(num)
+            n = float(num) if num.isascii() else -1.0  # float() also reads other scripts' digits
         except ValueError:
             n = -1.0
         if unit in _UNITS and math.isfinite(n) and n * _UNITS[unit] >= 1:  # "0.5" is no byte: refused
