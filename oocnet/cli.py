@@ -60,6 +60,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         report = compress.factorize(
             store, args.param, rank=args.rank, energy=args.energy, budget=args.budget, method=args.method,
             oversample=args.oversample, power_iters=args.power_iters, seed=args.seed, drop=args.drop,
+            u_key=args.u_key, v_key=args.v_key,
         )
         print(report.summary())
         if data is not None:
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power-iters", type=int, default=2, help="randomized: power iterations (default 2)")
     p.add_argument("--seed", type=int, default=0, help="randomized: seed of the test matrix (default 0)")
     p.add_argument("--drop", action="store_true", help="delete PARAM (and its optimizer state) afterwards")
+    p.add_argument("--u-key", metavar="KEY", help='key of the U factor (default: PARAM with /W -> /U, e.g. "dense_0/U")')
+    p.add_argument("--v-key", metavar="KEY", help='key of the V factor (default: PARAM with /W -> /V)')
     p.add_argument("--eval", metavar="DATA", help="an .npz with X and y: loss and accuracy before and after")
     p.set_defaults(func=_cmd_compress)
 

@@ -274,7 +274,8 @@ def _check_new_key(store: Store, key: str, what: str) -> None:
     if key in store:
         raise ParameterExists(
             f"{what} {key!r} already exists in the store with shape {store.info(key).shape} (an earlier "
-            f"factorization?); delete it first, or choose other keys (u_key=, v_key=)."
+            f"factorization?); delete it first, or choose other keys (u_key=, v_key=; on the command line "
+            f"--u-key, --v-key)."
         )
     for k in store.keys():  # HDF5 cannot hold both "a" and "a/b": refuse now, not after the work
         if k.startswith(key + "/") or key.startswith(k + "/"):

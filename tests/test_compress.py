@@ -416,6 +416,14 @@ def test_cli_compress_prints_the_figures(disk_store, capsys):
         U, V = store.read("dense_0/U"), store.read("dense_0/V")
     err = np.linalg.norm(TALL - U @ V) / np.linalg.norm(TALL)
     assert float(re.search(r"rel\. error   ([0-9.]+)", out).group(1)) == pytest.approx(err, rel=1e-4)
+    # A second factorization of the same W: its default keys are taken, and the error names the options
+    assert cli.main(["compress", str(disk_store), "dense_0/W", "--rank", "4", "--budget", "256KiB"]) == 2
+    assert "--u-key, --v-key" in capsys.readouterr().err
+    assert cli.main(["compress", str(disk_store), "dense_0/W", "--rank", "4", "--budget", "256KiB",
+                     "--u-key", "r4/U", "--v-key", "r4/V"]) == 0
+    with open_store(disk_store) as store:
+        assert store.keys() == ["dense_0/U", "dense_0/V", "dense_0/W", "r4/U", "r4/V"]
+        assert store.info("r4/U").shape == (4000, 4) and store.info("r4/V").shape == (4, 80)
 
 
 def test_cli_compress_eval_prints_loss_and_accuracy_before_and_after(disk_store, tmp_path, capsys):

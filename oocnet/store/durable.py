@@ -297,7 +297,8 @@ def acquire_lock(lock_path: Path, store_path: Path) -> int:
             os.close(fd)
         raise StoreLockedError(
             f"store {store_path} is already open for writing by process {holder} (lock file {lock_path}); "
-            f"close it there, or open this one with read_only=True."
+            f"close it there, or open this one read-only (read_only=True; oocnet inspect and oocnet evaluate "
+            f"read without the lock)."
         ) from None
     except OSError:  # a filesystem without flock: proceed unlocked
         pass
