@@ -956,3 +956,16 @@ def test_a_commit_record_changed_by_one_digit_is_refused(tmp_path, backend):
         assert s.last_commit["step"] == 14
         s.commit(step=15)  # and the next record is sealed again
     assert '"crc"' in record.read_text()
+
+
+@pytest.mark.parametrize("start, stop, chunk", [(0, 0, 8), (0, 1, 8), (5, 6, 8), (3, 40, 8), (0, 64, 8), (17, 1000, 64),
+                                                (123, 5000, 1 << 18)])
+def test_the_checksum_of_zero_rows_equals_hashing_zero_rows(start, stop, chunk):
+    """zero_rows_sum (a new lazy table's blocks, summed without data, in reused chunks) against row hashes of
+    actual zero rows, for several row widths (the words of a zero row add nothing, whatever the width)."""
+    want = checksum.zero_rows_sum(start, stop, chunk=chunk)
+    for shape in ((3,), (4,), (2, 5)):
+        for dtype in (np.float32, np.float64, np.uint8):
+            rows = np.zeros((stop - start, *shape), dtype)
+            assert checksum.block_sum(rows, start) == want
+    assert checksum.zero_rows_sum_at(np.arange(start, stop)) == want
