@@ -57,7 +57,13 @@ class Activation:
         return self.derivative(s)
 
     def _checked(self, out, s: np.ndarray, what: str) -> np.ndarray:
-        out = np.asarray(out)
+        try:
+            out = np.asarray(out)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"activation {self.name!r} {what} must return an array, got {type(out).__name__} "
+                              f"({str(exc).split('.')[0]}).") from None
+        if out.dtype.kind not in "biuf":
+            raise ConfigError(f"activation {self.name!r} {what} must return real numbers, got dtype {out.dtype}.")
         if out.shape != s.shape:
             raise ConfigError(
                 f"activation {self.name!r} {what} must return shape {s.shape}, got {out.shape}."

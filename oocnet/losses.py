@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ._arrays import as_real
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, NumericalError
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -91,7 +91,14 @@ class Loss:
         """Both at once; losses that share work between them (a softmax) override :meth:`_value_and_delta`."""
         v, d = self._value_and_delta(z, y)
         v = self._scalar(v)
-        d = np.asarray(d, dtype=z.dtype)
+        try:
+            d = np.asarray(d)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"loss {self.name!r} delta must be an array, got {type(d).__name__} "
+                              f"({str(exc).split('.')[0]}).") from None
+        if d.dtype.kind not in "biuf":
+            raise ConfigError(f"loss {self.name!r} delta must be real numbers, got dtype {d.dtype}.")
+        d = d.astype(z.dtype, copy=False)
         if d.shape != z.shape:
             raise ConfigError(f"loss {self.name!r} delta must have shape {z.shape}, got {d.shape}.")
         if self.reduction == "mean" and z.shape[0]:
@@ -260,7 +267,14 @@ class CustomLoss(Loss):
         return self._value_fn(z, y)
 
     def _delta(self, z, y):
-        return self._delta_fn(z, y)
+        d = self._delta_fn(z, y)
+        try:
+            bad = not np.all(np.isfinite(d))
+        except (TypeError, ValueError):  # not numbers: value_and_delta names what it got
+            return d
+        if bad:  # checked before backward begins: nothing is updated on a NaN delta
+            raise NumericalError(f"loss {self.name!r}: its delta returned NaN or inf; parameters were not changed.")
+        return d
 
     def __repr__(self) -> str:
         return f"CustomLoss(name={self.name!r})"

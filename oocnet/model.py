@@ -448,11 +448,31 @@ class Sequential:
             trace["s"], trace["z"] = s_list, z_list
         return s_list, z_list
 
+    def _user_grads(self, s_list, z_list, below: int) -> dict[int, np.ndarray]:
+        """f'(s) of layers ``[0, below)`` whose activation is the user's own, checked before any update.
+
+        The built-ins cannot fail; a user's derivative can (wrong shape, NaN), and backward applies
+        each layer's update before it needs the derivative of the layer beneath -- so these are all
+        computed first, and a bad one changes nothing.
+        """
+        grads = {}
+        for i in range(below):
+            act = self.layers[i].activation
+            if ACTIVATIONS.get(act.name) is act:
+                continue
+            g = act.grad(s_list[i], z_list[i])
+            if not np.all(np.isfinite(g)):
+                raise NumericalError(f"activation {act.name!r} of {self.layers[i].describe()}: its derivative "
+                                     f"returned NaN or inf; parameters were not changed.")
+            grads[i] = g
+        return grads
+
     def _backward(self, x, s_list, z_list, delta, tiles, opt=None, suffixes=None, record=None, trace=None,
-                  top: int | None = None):
+                  top: int | None = None, grads: dict | None = None):
         self.pager.set_plan(self._plan(tiles, suffixes, backward=True))
         deltas: list[Any] = [None] * len(self.layers)
         top = len(self.layers) - 1 if top is None else top
+        grads = self._user_grads(s_list, z_list, top) if grads is None else grads
         for i in range(top, -1, -1):
             layer = self.layers[i]
             deltas[i] = delta
@@ -461,7 +481,8 @@ class Sequential:
                 dx = layer.backward(self._access(layer, tiles, opt, suffixes, record), inp, delta, need_dx=i > 0)
                 if i > 0:
                     below = self.layers[i - 1]
-                    delta = dx * below.activation.grad(s_list[i - 1], z_list[i - 1])
+                    g = grads.get(i - 1)
+                    delta = dx * (g if g is not None else below.activation.grad(s_list[i - 1], z_list[i - 1]))
         if trace is not None:
             trace["delta"] = deltas
 
@@ -542,13 +563,16 @@ class Sequential:
         inp = z_list[-1] if top > 0 else x
         out = self.layers[-1]
         access = self._access(out, tiles, opt, suffixes, record, training=train)
+        grads = self._user_grads(s_list, z_list, top) if train else {}  # before the output layer updates
         value, dx = out.fused(access, inp, y, loss, train=train)
         if not np.isfinite(value):
             raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
         if train and top > 0:
             below = self.layers[top - 1]
-            delta = dx * below.activation.grad(s_list[-1], z_list[-1])
-            self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, record=record, trace=trace, top=top - 1)
+            g = grads.get(top - 1)
+            delta = dx * (g if g is not None else below.activation.grad(s_list[-1], z_list[-1]))
+            self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, record=record, trace=trace, top=top - 1,
+                           grads=grads)
         return value
 
     def _inference_caches(self) -> None:

@@ -357,3 +357,45 @@ def test_batches_numpy_cannot_take_or_that_overflow_are_refused_with_one_clear_e
 def test_layer_size_errors_name_the_argument_the_user_gave(make, name):
     with pytest.raises(ConfigError, match=f"^{name} must be a positive integer"):
         make()
+
+
+_BAD_DERIVATIVES = {
+    "shape": (lambda s: np.ones((s.shape[0], 2)), ConfigError, "must return shape"),
+    "scalar": (lambda s: 1.0, ConfigError, "must return shape"),
+    "none": (lambda s: None, ConfigError, "real numbers"),
+    "text": (lambda s: np.full(s.shape, "x"), ConfigError, "real numbers"),
+    "complex": (lambda s: np.ones(s.shape) * 1j, ConfigError, "real numbers"),
+    "nan": (lambda s: np.full(s.shape, np.nan), NumericalError, "derivative returned NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_DERIVATIVES))
+@pytest.mark.parametrize("top", ["dense", "output"])
+def test_a_bad_user_derivative_changes_no_parameter(bad, top, tmp_path):
+    """Backward updates a layer before it needs the derivative beneath it: a user's derivative is checked first."""
+    derivative, error, match = _BAD_DERIVATIVES[bad]
+    act = oc.Activation("mine", np.tanh, derivative)
+    last = oc.Dense(4, 3) if top == "dense" else oc.Output(4, 3)
+    model = oc.Sequential([oc.Dense(3, 4, activation=act), last], dtype="float64", seed=0)
+    X, y = np.random.default_rng(0).normal(size=(5, 3)), np.array([0, 1, 2, 1, 0])
+    before = model.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(error, match=match):
+            model.train_step(X, y, "softmax_cross_entropy", oc.SGD(0.1))
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    model.commit()  # nothing was half-applied
+
+
+@pytest.mark.parametrize("delta, error, match", [
+    (lambda z, y: np.full(z.shape, np.nan), NumericalError, "delta returned NaN or inf"),
+    (lambda z, y: np.ones(z.shape) * 1j, ConfigError, "real numbers"),
+    (lambda z, y: [[1, 2], [3]], ConfigError, "delta must be an array"),
+])
+def test_a_bad_custom_loss_delta_changes_no_parameter(delta, error, match):
+    model = oc.Sequential([oc.Dense(3, 4, activation="tanh"), oc.Dense(4, 2)], dtype="float64", seed=0)
+    before = model.state_dict()
+    loss = oc.CustomLoss(lambda z, y: float(((z - y) ** 2).sum()), delta)
+    with pytest.raises(error, match=match):
+        model.train_step(np.ones((2, 3)), np.zeros((2, 2)), loss, oc.SGD(0.1))
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
