@@ -185,6 +185,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     summary: dict = {"config": str(spec.source) if spec.source else None, "store": str(st.path) if st.path else None,
                      "backend": model.store.backend, "budget": model.budget, "build_seconds": build_s}
     untrained_new_store = False  # a store this call created, failing before its first step: removed again
+    here = None  # (model.step before the step in hand, the data position before it, and after it)
     try:
         start_epoch, skip, resumed_from = 0, 0, None
         meta = (model.last_commit.get("metadata") or {}).get("run") if resume else None
@@ -228,6 +229,9 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                             X, y = _prepare(model, loss, *item, spec.data.label_offset)
                     if item is None:
                         break
+                    # The position before and after this step: whatever stops the run from here on,
+                    # model.step says which of the two the parameters are at (see the except below).
+                    here = (model.step, (epoch, batch_no, examples), (epoch, batch_no + 1, examples + X.shape[0]))
                     value = model.train_step(X, y, loss, opt, trace=trace if track_accuracy else None)
                     n = X.shape[0]
                     per_example = value if loss.reduction == "mean" else value / n
@@ -284,6 +288,15 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
         summary.update(_param_bytes(model))
     except BaseException:
         untrained_new_store = on_disk and not existed and model.step == 0
+        # Interrupted (Ctrl-C) or failed between steps -- a bad line in the data, say. Closing would
+        # commit the steps done without their data position, and --resume would start the data over:
+        # commit them with it. (A step that failed half-way marked the store failed: nothing is.)
+        if here is not None and not untrained_new_store:
+            step0, before, after = here
+            pos = after if model.step == step0 + 1 else before if model.step == step0 else None
+            if pos is not None and model.step != int(model.last_commit["step"]):
+                with contextlib.suppress(Exception):  # refused after a half-applied step; that error is raised
+                    model.commit(metadata=_meta(spec, *pos))
         raise
     finally:
         sampler.stop()

@@ -92,6 +92,52 @@ def test_existing_store_needs_resume_or_overwrite(tmp_path, capsys):
     assert rc == 0 and json.loads(out)["step"] == 63
 
 
+@pytest.mark.parametrize("stop", ["interrupt", "bad-line"])
+def test_a_run_stopped_between_steps_resumes_where_it_stopped(stop, tmp_path, capsys, monkeypatch):
+    """Ctrl-C, or a bad line in the data, between steps: the steps done are committed with their data
+    position (not with none, which made --resume start the data over), and resuming ends where an
+    uninterrupted run does."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    cfg = make_task(whole, training__commit_every=1000)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "test.svm").write_bytes((whole / "test.svm").read_bytes())
+    lines = (whole / "train.svm").read_text().splitlines(keepends=True)
+    if stop == "bad-line":
+        (parts / "train.svm").write_text("".join(lines[:3000] + ["2 5:1 oops\n"] + lines[3001:]))
+    else:
+        (parts / "train.svm").write_text("".join(lines))
+        calls = {"n": 0}
+        real = oc.Sequential.train_step
+
+        def step(self, *a, **k):  # the 41st step is interrupted before it begins
+            calls["n"] += 1
+            if calls["n"] == 41:
+                raise KeyboardInterrupt
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(oc.Sequential, "train_step", step)
+    cfg = make_task(parts, training__commit_every=1000)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == (130 if stop == "interrupt" else 2), err
+    with oc.open_store(parts / "params", read_only=True) as st:
+        run = st.last_commit["metadata"]["run"]
+        assert st.last_commit["step"] == run["batch"]  # the position the committed parameters are at
+        # (the reader reads ahead of the batches it hands out, so a bad line stops the run a little early)
+        assert run["batch"] == 40 if stop == "interrupt" else 0 < run["batch"] <= 3000 // 64
+        assert run["epoch"] == 0 and not run["done"]
+    monkeypatch.undo()
+    (parts / "train.svm").write_text("".join(lines))  # the data fixed
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume")
+    assert rc == 0, err
+    with oc.open_store(whole / "params", read_only=True) as a, oc.open_store(parts / "params", read_only=True) as b:
+        assert a.last_commit["step"] == b.last_commit["step"] == 126
+        for key in a.keys():
+            np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
     """Stopped after 50 steps, then resumed: the same parameters as one uninterrupted run."""
     whole = tmp_path / "whole"
