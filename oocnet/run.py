@@ -195,6 +195,11 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
             if int(meta.get("batch", 0)) > 0:  # mid-epoch: the position counts batches of one order
                 _check_resume_order(spec, meta)
             start_epoch, skip = int(meta.get("epoch", 0)), int(meta.get("batch", 0))
+            if (start_epoch, skip) > (epochs, 0):  # committing "done" at `epochs` would move the position back
+                raise ConfigError(
+                    f"the store's last commit is at epoch {start_epoch}, batch {skip}: past the {epochs} epoch(s) "
+                    f"asked for (training.epochs). Ask for more epochs to go on training it."
+                )
         bs = spec.training.batch_size
         n_rows = dataset.n_rows if dataset.n_rows is not None else (dataset.count_rows() if progress else None)
         total = None

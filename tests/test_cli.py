@@ -138,6 +138,20 @@ def test_a_run_stopped_between_steps_resumes_where_it_stopped(stop, tmp_path, ca
             np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
 
 
+def test_resuming_with_fewer_epochs_than_the_position_reached_is_refused(tmp_path, capsys):
+    """Committing 'done' at the smaller epoch count would move the position back: a later resume would replay."""
+    cfg = make_task(tmp_path, training__max_steps=100)  # 63 batches an epoch: stops in epoch 1, at batch 37
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    cfg = make_task(tmp_path, training__epochs=1)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume")
+    assert rc == 2 and "last commit is at epoch 1, batch 37: past the 1 epoch(s) asked for" in err
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["step"] == 100 and st.last_commit["metadata"]["run"]["batch"] == 37
+    cfg = make_task(tmp_path, training__epochs=2)  # as many as the position needs: goes on
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume", "--json")
+    assert rc == 0 and json.loads(out)["step"] == 126
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
     """Stopped after 50 steps, then resumed: the same parameters as one uninterrupted run."""
     whole = tmp_path / "whole"
