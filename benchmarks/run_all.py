@@ -7,7 +7,7 @@ outputs, svd), so each table is replaced between its ``<!-- name:start -->`` and
 that made it.  ``hdf5_index.py`` only prints its table; this script puts it
 between the ``hdf5_index`` markers itself, as it does the ``oocnet demo`` table.
 
-    python benchmarks/run_all.py                      # everything, as in the README (about an hour)
+    python benchmarks/run_all.py                      # everything, as in the README (about two hours)
     python benchmarks/run_all.py --quick              # small arguments, a few minutes; README untouched
     python benchmarks/run_all.py --only sparse,demo   # some of them
     python benchmarks/run_all.py --args sparse="--vocab 10000 --steps 50"   # replace a script's arguments
@@ -35,7 +35,14 @@ ROOT = HERE.parent
 #: name -> (script, arguments of the README's table, arguments of a quick run, supports --write-readme)
 BENCHMARKS = {
     "paging": ("paging.py", "--steps 5", "--width 1024 --steps 2 --budgets 4MiB,unlimited", True),
-    "sparse": ("sparse.py", "--steps 300 --warmup 300", "--vocab 10000,100000 --steps 40 --warmup 10", True),
+    "sparse": ("sparse.py", "--steps 300 --warmup 300 --repeat 2", "--vocab 10000,100000 --steps 40 --warmup 10",
+               True),
+    "sparse_192": ("sparse.py", "--vocab 1000000,10000000 --backends memmap,hdf5 --budget 192MiB --steps 300 "
+                                "--warmup 300 --readme-block sparse-192",
+                   "--vocab 100000 --backends memmap --budget 192MiB --steps 20 --warmup 10", True),
+    "sparse_steady": ("sparse.py", "--vocab 1000000,10000000 --backends memmap,hdf5,torch --steps 300 --warmup 3000 "
+                                   "--readme-block sparse-steady",
+                      "--vocab 100000 --backends memmap --steps 20 --warmup 100", True),
     "hdf5_index": ("hdf5_index.py", "--writes", "--sizes 1000,10000 --no-cold --writes", False),
     "durability": ("durability.py", "--steps 400 --warmup 200", "--steps 40 --warmup 20", True),
     "outputs": ("outputs.py", "", "--configs 100000:sampled,100000:negative", True),
