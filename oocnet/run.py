@@ -433,10 +433,9 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
     and lock say so).  If the store cannot be opened read-only (e.g. a crashed
     writer left parameters the last commit does not cover), ``error`` says why.
     """
-    import psutil
-
     from .errors import StoreError
     from .store import open_store
+    from .store.durable import lock_holder
 
     p = Path(path)
     if not p.exists():
@@ -447,13 +446,8 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
     journal = (p.with_name(p.name + ".journal") if be == "hdf5" else p / "journal")
     lock = (p.with_name(p.name + ".lock") if be == "hdf5" else p / "lock")
     out: dict = {"path": str(p), "backend": be, "disk_bytes": disk_bytes(p, be), "files": len(store_files(p, be))}
-    pid = None
-    if lock.exists():
-        try:
-            pid = int(lock.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            pid = None
-    out["lock"] = {"pid": pid, "running": bool(pid and psutil.pid_exists(pid))}
+    pid = lock_holder(lock)  # the lock file's pid outlives its writer: ask who holds the lock now
+    out["lock"] = {"pid": pid, "running": pid is not None}
     out["journal"] = {"exists": journal.exists(), "bytes": journal.stat().st_size if journal.exists() else 0}
     try:
         store = open_store(p, backend=be, read_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -214,7 +215,16 @@ def test_inspect(tmp_path, capsys):
         rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params", "--verify")
         assert rc == 0 and "changes since the last commit" in out and "embedding_0/W" in out
         assert "every block matches its checksum" in out  # a reader sees the committed images
-        assert "lock       held by pid" in out
+        assert f"lock       held by pid {os.getpid()}" in out
+    # Closed: the lock file still holds this (living) process's pid, but no one holds the lock.
+    rc, out, _ = run_cli(capsys, "inspect", tmp_path / "params", "--json")
+    assert json.loads(out)["lock"] == {"pid": None, "running": False}
+    from oocnet.store.durable import lock_holder
+
+    lock = tmp_path / "params" / "lock"
+    assert lock.read_text().strip() == str(os.getpid()) and lock_holder(lock) is None
+    with oc.open_store(tmp_path / "params"):
+        assert lock_holder(lock) == os.getpid()
     rc, out, err = run_cli(capsys, "inspect", tmp_path / "nothing")
     assert rc == 2 and "no store at" in err
 

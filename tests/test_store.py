@@ -969,3 +969,41 @@ def test_the_checksum_of_zero_rows_equals_hashing_zero_rows(start, stop, chunk):
             rows = np.zeros((stop - start, *shape), dtype)
             assert checksum.block_sum(rows, start) == want
     assert checksum.zero_rows_sum_at(np.arange(start, stop)) == want
+
+
+@pytest.mark.parametrize("proc_locks", [True, False])
+def test_lock_holder_tells_a_held_lock_from_a_stale_pid(tmp_path, monkeypatch, proc_locks):
+    """The pid in a lock file outlives its writer; lock_holder asks the kernel (/proc/locks, else a shared
+    flock tried and released) whether the lock is held now."""
+    import builtins
+    import subprocess
+    import sys
+
+    import oocnet.store.durable as durable
+
+    if not proc_locks:
+        real_open = builtins.open
+
+        def no_proc(path, *a, **k):
+            if str(path) == "/proc/locks":
+                raise OSError("no /proc here")
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr(durable, "open", no_proc, raising=False)
+    path = tmp_path / "s"
+    with open_store(path) as s:
+        s.create("w", (2, 2), "float64", np.ones((2, 2)))
+        assert durable.lock_holder(path / "lock") == os.getpid()
+    assert durable.lock_holder(path / "lock") is None
+    # held by another process: its pid, and the lock is still free to that process afterwards
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time, oocnet.store as s; st = s.open_store(sys.argv[1]); "
+                              "print('open', flush=True); time.sleep(30)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        assert durable.lock_holder(path / "lock") == child.pid
+    finally:
+        child.kill()
+        child.wait()
+    assert durable.lock_holder(path / "lock") is None
+    with open_store(path) as s:  # asking took nothing
+        assert s.keys() == ["w"]

@@ -276,6 +276,49 @@ def write_atomic(path: Path, data: bytes, dir_fd: int) -> None:
         raise StoreIOError(f"writing {path} failed: {exc.strerror or exc} (errno {exc.errno}).") from exc
 
 
+def lock_holder(lock_path: Path) -> int | None:
+    """The pid of the process holding the writer lock ``lock_path`` now, or None when no one holds it.
+
+    The pid written in the lock file stays after its writer closed the store (and may have been
+    reused since), so it says nothing by itself. On Linux the kernel's table of locks
+    (``/proc/locks``) is read, which takes no lock; elsewhere a shared lock is tried and released.
+    """
+    try:
+        st = os.stat(lock_path)
+    except OSError:
+        return None
+    try:
+        with open("/proc/locks") as f:
+            table = f.read()
+    except OSError:
+        table = None
+    if table is not None:
+        want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            parts = line.split()  # "7: FLOCK  ADVISORY  WRITE 4223 fd:00:4718596 0 EOF"; waiters have "->"
+            if "->" not in parts and "FLOCK" in parts and "WRITE" in parts and want in parts:
+                with contextlib.suppress(ValueError, IndexError):
+                    return int(parts[parts.index("WRITE") + 1])
+        return None
+    if fcntl is None:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with contextlib.suppress(OSError, ValueError):
+            return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0) or -1
+        return -1
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock if it was taken
+    return None
+
+
 def acquire_lock(lock_path: Path, store_path: Path) -> int:
     """Take the writer lock of ``store_path``; return its fd. Raises StoreLockedError naming the holder's pid."""
     try:
