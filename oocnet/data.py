@@ -84,6 +84,10 @@ BLOCK_BYTES = 256 * 2**10
 _QID = re.compile(rb"(?<!\S)qid:\S*")
 _POW10 = 10.0 ** np.arange(-40, 41)
 _PLAIN = b"0123456789 \t\r.-+"
+# What a number (a label, a value) and an index may be, in ASCII: numpy's and Python's parsers also
+# take digits of other scripts, underscores ("1_0" is 10) and surrounding Unicode spaces.
+_NUMBER = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
+_INDEX = re.compile(rb"[+-]?\d+")
 _BOM = b"\xef\xbb\xbf"
 _LONE_CR = re.compile(rb"\r(?!\n|\Z)")
 
@@ -334,6 +338,8 @@ class SvmlightDataset(Dataset):
         if n:
             np.cumsum(counts, out=indptr[1:])
         try:
+            if n and b"".join(labels).translate(None, _PLAIN) and not all(map(_NUMBER.fullmatch, labels)):
+                raise ValueError("a label that is not a number")
             y = np.array(labels).astype(np.float64) if n else np.zeros(0)
             joined = b" ".join(rests)
             if not _one_colon_per_token(joined):  # else an extra ':' here and a missing one there cancel out
@@ -351,6 +357,8 @@ class SvmlightDataset(Dataset):
                 tokens = joined.split()
                 if len(tokens) != 2 * int(indptr[-1]):
                     raise ValueError("token count")
+                if not (all(map(_INDEX.fullmatch, tokens[0::2])) and all(map(_NUMBER.fullmatch, tokens[1::2]))):
+                    raise ValueError("a token that is not a number")
                 pairs = np.array(tokens) if tokens else np.zeros(0, dtype="S1")
                 try:
                     idx = pairs[0::2].astype(np.int64)
@@ -405,21 +413,13 @@ class SvmlightDataset(Dataset):
             if "," in label:
                 raise self._fail(where, f"multi-label lines are not supported; expected one numeric label, "
                                         f"got {label!r}.")
-            try:
-                float(label)
-            except ValueError:
-                raise self._fail(where, f"expected a numeric label first, got {label!r}.") from None
+            if not _NUMBER.fullmatch(parts[0]):
+                raise self._fail(where, f"expected a numeric label first, got {label!r}.")
             for tok in parts[1:]:
-                text_tok = tok.decode("utf-8", "replace")
-                i_s, sep, v_s = text_tok.partition(":")
-                try:
-                    if not sep:
-                        raise ValueError
-                    int(i_s)
-                    float(v_s)
-                except ValueError:
+                i_s, sep, v_s = tok.partition(b":")
+                if not (sep and _INDEX.fullmatch(i_s) and _NUMBER.fullmatch(v_s)):
                     raise self._fail(where, f"expected 'index:value' with an integer index and a number, got "
-                                            f"{text_tok!r}.") from None
+                                            f"{tok.decode('utf-8', 'replace')!r}.")
         raise InputError(f"{self.path}: could not parse lines from {first}")  # pragma: no cover
 
     def chunks(self):

@@ -99,11 +99,20 @@ def test_svmlight_zero_based_and_width_scan(tmp_path):
     ("1 1:nan\n", "NaN or inf"),
     ("1 99:1\n", "feature index 99 is out of range"),
     ("1 0:1\n", "feature index 0 is out of range"),  # index 0 in a one-based file
+    # What Python's and numpy's number parsers accept but a number in a file is not:
+    ("1_0 1:2\n", "expected a numeric label"),
+    ("1 1_0:2\n", "expected 'index:value'"),
+    ("1 3:1_5\n", "expected 'index:value'"),
+    ("1 3:\u0661\n", "expected 'index:value'"),  # an Arabic-Indic digit
+    ("1 3:1\u00a0\n", "expected 'index:value'"),  # a no-break space
+    ("\uff11 1:2\n", "expected a numeric label"),  # a full-width digit
+    ("1 3:1\x00\n", "expected 'index:value'"),
+    ("0x10 1:2\n", "expected a numeric label"),
 ])
 def test_svmlight_malformed_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.svm"
     good = "0 1:1 2:1\n" * 40
-    path.write_text(good + "# comment\n\n" + line + good)
+    path.write_text(good + "# comment\n\n" + line + good, encoding="utf-8")
     ds = SvmlightDataset(path, n_features=10, block_bytes=100)  # the bad line is in a later block
     with pytest.raises(InputError) as err:
         list(ds.chunks())
