@@ -377,6 +377,11 @@ def parse_config(raw: dict, base: Path | str = ".") -> RunSpec:
         y_dataset=_str(d, "y_dataset", "data", "y"),
         label_offset=_int(d, "label_offset", "data", 0, minimum=-(2**62)),
     )
+    if data.label_offset:
+        lt, lkw = loss
+        if getattr(loss_types()[lt](**lkw), "targets", "labels") != "labels":
+            raise ConfigError(f"data.label_offset shifts integer class labels, but loss {lt!r} takes float targets "
+                              f"(it would be ignored); remove it.")
 
     # [evaluate]
     e = _table(raw.get("evaluate", {}), "evaluate", ("top_k",))

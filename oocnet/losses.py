@@ -16,6 +16,7 @@ Each loss is a small object with three pure methods:
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -210,13 +211,11 @@ class SoftmaxMarginHinge(Loss):
 
     def __init__(self, margin: float = 1.0, reduction: str = "sum") -> None:
         super().__init__(reduction)
-        try:
-            m = float(margin)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"margin must be a number >= 0, got {margin!r}.") from exc
-        if not np.isfinite(m) or m < 0:
+        # A number, as the optimizers' hyperparameters are: not "1" or True (which float() would take)
+        if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, numbers.Real) or not np.isfinite(margin) \
+                or margin < 0:
             raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}.")
-        self.margin = m
+        self.margin = float(margin)
 
     def _terms(self, z, y):
         p = softmax(z)

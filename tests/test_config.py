@@ -90,11 +90,25 @@ def broken(path: str, value):
     ("data.format", "csv", "data.format must be one of svmlight, hdf5, npy, npz, got 'csv'."),
     ("data.train", 3, "data.train must be a non-empty string, got 3."),
     ("evaluate.top_k", 0, "evaluate.top_k must be a positive integer, got 0."),
+    ("loss.margin", "1", "loss (softmax_margin_hinge): margin must be a finite number >= 0, got '1'."),
+    ("loss.margin", True, "loss (softmax_margin_hinge): margin must be a finite number >= 0, got True."),
 ])
 def test_bad_values_name_the_key(path, value, message):
+    raw = broken(path, value)
+    if path.startswith("loss.margin"):
+        raw["loss"]["type"] = "softmax_margin_hinge"
     with pytest.raises(ConfigError) as err:
-        parse_config(broken(path, value))
+        parse_config(raw)
     assert message in str(err.value)
+
+
+def test_a_label_offset_with_a_loss_of_float_targets_is_refused():
+    raw = broken("data.label_offset", 1)
+    parse_config(raw)  # with class labels it shifts them
+    raw["loss"] = {"type": "half_squared_error"}
+    raw["model"]["layers"][-1]["n_out"] = 1
+    with pytest.raises(ConfigError, match="data.label_offset shifts integer class labels, but loss 'half_squared_error"):
+        parse_config(raw)
 
 
 def test_memory_store_takes_no_path():

@@ -209,6 +209,8 @@ def test_widths_that_do_not_chain():
         (lambda: oc.SGD(lr=0.1, momentum=1.0), r"momentum must be a number in \[0, 1\)"),
         (lambda: oc.Adagrad(lr=0.1, eps=0, initial_accumulator=0), "cannot both be 0"),
         (lambda: oc.SoftmaxMarginHinge(margin=-1), "margin must be a finite number >= 0"),
+        (lambda: oc.SoftmaxMarginHinge(margin="1"), "margin must be a finite number >= 0, got '1'"),
+        (lambda: oc.SoftmaxMarginHinge(margin=True), "margin must be a finite number >= 0, got True"),
         (lambda: oc.SoftmaxCrossEntropy(reduction="max"), "reduction must be one of sum, mean"),
         (lambda: oc.Sequential([]), "non-empty list"),
         (lambda: oc.Sequential([oc.Dense(2, 2)], dtype="int32"), "float32, float64"),
