@@ -168,6 +168,8 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                 f"to delete it and start over."
             )
     dataset = open_data(spec, "train")
+    if evaluate_test and spec.data.test is not None:
+        open_data(spec, "test")  # a missing or malformed test file is told now, not after the training
     if dataset.n_rows == 0:
         raise InputError(f"the training data {spec.data.train} holds no examples.")
     loss, opt = spec.build_loss(), spec.build_optimizer()

@@ -178,6 +178,13 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
             np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
 
 
+def test_a_missing_test_file_is_refused_before_training(tmp_path, capsys):
+    cfg = make_task(tmp_path, data__test="tset.svm")
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "tset.svm' does not exist" in err
+    assert not (tmp_path / "params").exists()  # nothing was trained (or created)
+
+
 def test_evaluate(tmp_path, capsys):
     cfg = make_task(tmp_path, training__epochs=1)
     rc, out, err = run_cli(capsys, "evaluate", cfg)
