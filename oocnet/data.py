@@ -524,6 +524,26 @@ def _check_numeric(dtype, where: str, what: str) -> None:
         raise InputError(f"{where}: expected numeric {what} (integer, float or bool), got dtype {dtype}.")
 
 
+def _finite_block(where: str, X, y: np.ndarray, first: int):
+    """``(X, y)``, refused with the file and the (0-based) row when a value is NaN or inf.
+
+    Array formats carry no line numbers; without this the model would refuse the batch without
+    saying where in the file it came from.
+    """
+    vals = X.data if sp.issparse(X) else X
+    if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
+        if sp.issparse(X):
+            k = int(np.flatnonzero(~np.isfinite(X.data))[0])
+            row = int(np.searchsorted(X.indptr, k, side="right")) - 1
+        else:
+            row = int(np.flatnonzero(~np.all(np.isfinite(X.reshape(X.shape[0], -1)), axis=1))[0])
+        raise InputError(f"{where}: row {first + row} (counting from 0): a feature value is NaN or inf.")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        row = int(np.flatnonzero(~np.all(np.isfinite(y.reshape(y.shape[0], -1)), axis=1))[0])
+        raise InputError(f"{where}: row {first + row} (counting from 0): the label is NaN or inf.")
+    return X, y
+
+
 def _check_integer(dtype, where: str, what: str) -> None:
     if np.dtype(dtype).kind not in "iu":
         raise InputError(f"{where}: expected integer {what}, got dtype {dtype}.")
@@ -578,7 +598,8 @@ class NpyDataset(Dataset):
         with open(self.path, "rb") as fx, open(self.labels, "rb") as fy:
             xs, ys = _NpyStream(fx, str(self.path)), _NpyStream(fy, str(self.labels))
             while xs.pos < xs.n_rows:
-                yield xs.read(self.chunk_rows), ys.read(self.chunk_rows)
+                first = xs.pos
+                yield _finite_block(str(self.path), xs.read(self.chunk_rows), ys.read(self.chunk_rows), first)
 
 
 class NpzDataset(Dataset):
@@ -675,7 +696,8 @@ class NpzDataset(Dataset):
                 with zf.open("X.npy") as fh:
                     xs = _NpyStream(fh, f"{self.path}[X]")
                     while xs.pos < xs.n_rows:
-                        yield xs.read(self.chunk_rows), ys.read(self.chunk_rows)
+                        first = xs.pos
+                        yield _finite_block(str(self.path), xs.read(self.chunk_rows), ys.read(self.chunk_rows), first)
                 return
             with zf.open("indptr.npy") as fp, zf.open("indices.npy") as fi, zf.open("data.npy") as fd:
                 ptr = _NpyStream(fp, f"{self.path}[indptr]")
@@ -695,12 +717,13 @@ class NpzDataset(Dataset):
                     idx, val = ind.read(nnz), dat.read(nnz)
                     if idx.shape[0] != nnz or val.shape[0] != nnz:
                         raise InputError(f"{self.path}: indices/data end before indptr says they do.")
+                    rows, first = len(p) - 1, ptr.pos - len(p)  # rows [first, first + rows), counting from 0
                     if idx.size and (idx.min() < 0 or idx.max() >= self.n_features):
                         raise InputError(f"{self.path}: column indices must lie in [0, {self.n_features}), got "
-                                         f"[{idx.min()}, {idx.max()}] in rows {ptr.pos - len(p) + 1}..{ptr.pos - 1}.")
-                    rows = len(p) - 1
+                                         f"[{idx.min()}, {idx.max()}] in rows {first}..{first + rows - 1} "
+                                         f"(counting from 0).")
                     X = sp.csr_matrix((val, idx, p - p[0]), shape=(rows, self.n_features))
-                    yield X, ys.read(rows)
+                    yield _finite_block(str(self.path), X, ys.read(rows), first)
 
 
 # ---------------------------------------------------------------------------------------
@@ -798,10 +821,11 @@ class HDF5Dataset(Dataset):
                     idx, val = X["indices"][p[0]: p[-1]], X["data"][p[0]: p[-1]]
                     if idx.size and (idx.min() < 0 or idx.max() >= self.n_features):
                         raise InputError(f"{self.path}: {self.x}/indices must lie in [0, {self.n_features}), got "
-                                         f"[{idx.min()}, {idx.max()}] in rows {a}..{b - 1}.")
-                    yield sp.csr_matrix((val, idx, p - p[0]), shape=(b - a, self.n_features)), Y[a:b]
+                                         f"[{idx.min()}, {idx.max()}] in rows {a}..{b - 1} (counting from 0).")
+                    yield _finite_block(str(self.path), sp.csr_matrix((val, idx, p - p[0]),
+                                                                      shape=(b - a, self.n_features)), Y[a:b], a)
                 else:
-                    yield X[a:b], Y[a:b]
+                    yield _finite_block(str(self.path), X[a:b], Y[a:b], a)
 
 
 # ---------------------------------------------------------------------------------------

@@ -539,3 +539,44 @@ def test_batches_argument_checks(kwargs, name):
         batches(source(), 8, **kwargs)  # at the call, before anything is read
     with pytest.raises(ConfigError, match="batch_size"):
         batches(source(), 8.0)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "npz-csr", "h5", "h5-csr"])
+@pytest.mark.parametrize("what", ["feature", "label"])
+def test_array_formats_name_the_file_and_row_of_a_nan(tmp_path, fmt, what):
+    """Array formats have no line numbers: a NaN/inf is refused with the file and its row (counting from 0)."""
+    X, y = dense_data()
+    y = y.astype(np.float64)
+    bad_row = 61  # in the third chunk of 25 rows
+    if what == "feature":
+        X[bad_row, 2] = np.nan
+    else:
+        y[bad_row] = np.inf
+    S = sp.csr_matrix(np.where(np.isnan(X), X, X * (np.arange(X.shape[1]) % 2)))  # sparse, NaN kept
+    if fmt == "npy":
+        np.save(tmp_path / "x.npy", X)
+        np.save(tmp_path / "y.npy", y)
+        ds = open_dataset(tmp_path / "x.npy", labels=tmp_path / "y.npy", chunk_rows=25)
+    elif fmt == "npz":
+        np.savez(tmp_path / "x.npz", X=X, y=y)
+        ds = open_dataset(tmp_path / "x.npz", chunk_rows=25)
+    elif fmt == "npz-csr":
+        sp.save_npz(tmp_path / "x.npz", S)
+        np.save(tmp_path / "y.npy", y)
+        ds = open_dataset(tmp_path / "x.npz", labels=tmp_path / "y.npy", chunk_rows=25)
+    else:
+        with h5py.File(tmp_path / "d.h5", "w") as f:
+            if fmt == "h5":
+                f["X"] = X
+            else:
+                g = f.create_group("X")
+                g["data"], g["indices"], g["indptr"] = S.data, S.indices, S.indptr
+                g.attrs["shape"] = S.shape
+            f["y"] = y
+        ds = open_dataset(tmp_path / "d.h5", chunk_rows=25)
+    it = ds.chunks()
+    for _ in range(2):  # the chunks before it are served
+        next(it)
+    message = "a feature value is NaN or inf" if what == "feature" else "the label is NaN or inf"
+    with pytest.raises(InputError, match=rf"{ds.path}: row {bad_row} \(counting from 0\): {message}"):
+        next(it)
