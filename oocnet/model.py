@@ -73,9 +73,10 @@ class Sequential:
         store that already holds this model's parameters is reused (shapes and
         dtypes checked), so a model can be reopened and trained further.
     budget : int, str or None
-        Most bytes of parameters and optimizer state held in RAM at once
-        (``"256MiB"``).  Layers larger than the budget are processed in row
-        tiles.  None: no limit.
+        Most bytes the pager holds in RAM at once (``"256MiB"``): parameter rows,
+        their gradient buffers and optimizer-state rows, blocks being prefetched,
+        and the embedding row caches.  Layers larger than the budget are
+        processed in row tiles.  None: no limit.
     seed : int
         Seeds the initialisers; initial values depend only on (seed, key).
     dtype : {"float32", "float64"}
