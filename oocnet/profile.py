@@ -627,8 +627,8 @@ def format_report(report: dict, width: int = 72, height: int = 8) -> str:
     r = report
     lines = []
     what = " ".join(r["command"]) if r.get("command") else r.get("target", "")
-    lines.append(f"oocnet profile: {what}  ({r['seconds']:.1f} s, {r['samples']} samples every "
-                 f"{r['interval'] * 1000:.0f} ms)")
+    lines.append(f"oocnet profile: {what}  ({r['seconds']:.1f} s, {r['samples']} sample{'' if r['samples'] == 1 else 's'}"
+                 f" every {r['interval'] * 1000:.0f} ms)")
     pk, base = r["peak"], r["baseline"]
     uss = f"; USS {_mib(pk['uss'])}" if pk.get("uss") else ""
     lines.append(f"memory    peak RSS {_mib(pk['rss'])}: anonymous {_mib(pk['anon'])}, file-backed "
