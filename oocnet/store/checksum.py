@@ -33,13 +33,15 @@ def _mult(n_words: int) -> np.ndarray:
     m = _multipliers.get(n_words)
     if m is None:
         idx = np.arange(1, n_words + 1, dtype=np.uint64)
-        m = _mix(idx * _GOLDEN) | np.uint64(1)  # odd: a changed word always changes the sum
+        m = mix(idx * _GOLDEN) | np.uint64(1)  # odd: a changed word always changes the sum
         _multipliers[n_words] = m
     return m
 
 
-def _mix(z: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-    """SplitMix64's finaliser of the uint64 array ``z``, in place (every caller passes a fresh array); returns ``z``.
+def mix(z: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """SplitMix64's finaliser of the uint64 array ``z``, in place (callers pass arrays of their own); returns ``z``.
+
+    Also the mixing step of :mod:`oocnet.store.rowinit`'s counter-based generator.
 
     ``t``: a scratch array of ``z``'s shape (made when not given).
     """
@@ -73,7 +75,7 @@ def row_hashes_at(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         acc = words.astype(np.uint64) @ _mult(words.shape[1]) if n else np.zeros(0, np.uint64)
         acc = acc + (np.asarray(rows, dtype=np.uint64) + np.uint64(1)) * _ROW
-    return _mix(acc)
+    return mix(acc)
 
 
 def zero_rows_sum_at(rows: np.ndarray) -> int:
@@ -81,7 +83,7 @@ def zero_rows_sum_at(rows: np.ndarray) -> int:
     with np.errstate(over="ignore"):
         r = np.asarray(rows, dtype=np.uint64) + np.uint64(1)  # a zero row's words add nothing
         r *= _ROW
-        return int(_mix(r).sum(dtype=np.uint64))
+        return int(mix(r).sum(dtype=np.uint64))
 
 
 def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 18) -> int:
@@ -100,7 +102,7 @@ def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 18) -> int:
             zz = z[:n]
             np.add(np.arange(n, dtype=np.uint64), np.uint64(a + 1), out=zz)  # a zero row's words add nothing
             zz *= _ROW
-            total = add(total, int(_mix(zz, t[:n]).sum(dtype=np.uint64)))
+            total = add(total, int(mix(zz, t[:n]).sum(dtype=np.uint64)))
     return total
 
 

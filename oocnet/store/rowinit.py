@@ -32,14 +32,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import StoreFormatError
+from .checksum import mix
 
 SPEC_VERSION = 2  # 1: development versions (one 53-bit uniform per SplitMix64 output)
 #: Elements computed per piece by RowInit.at (its temporaries: three arrays of this many 8-byte values).
 _PIECE = 1 << 18
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def _stream_key(seed: int, key: str) -> np.uint64:
@@ -56,12 +55,7 @@ def _hashes(seed: int, key: str, words: int, rows: np.ndarray) -> np.ndarray:
         z += np.arange(1, words + 1, dtype=np.uint64)
         z *= _GOLDEN
         z += _stream_key(seed, key)
-        for shift, mult in ((30, _M1), (27, _M2), (31, None)):
-            np.right_shift(z, np.uint64(shift), out=t)
-            z ^= t
-            if mult is not None:
-                z *= mult
-    return z
+    return mix(z, t)
 
 
 def uniform_at(seed: int, key: str, row_size: int, rows: np.ndarray) -> np.ndarray:
