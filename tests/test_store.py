@@ -971,7 +971,7 @@ def test_the_checksum_of_zero_rows_equals_hashing_zero_rows(start, stop, chunk):
     assert checksum.zero_rows_sum_at(np.arange(start, stop)) == want
 
 
-@pytest.mark.parametrize("proc_locks", [True, False])
+@pytest.mark.parametrize("proc_locks", ["yes", "no", "other-device"])
 def test_lock_holder_tells_a_held_lock_from_a_stale_pid(tmp_path, monkeypatch, proc_locks):
     """The pid in a lock file outlives its writer; lock_holder asks the kernel (/proc/locks, else a shared
     flock tried and released) whether the lock is held now."""
@@ -981,15 +981,21 @@ def test_lock_holder_tells_a_held_lock_from_a_stale_pid(tmp_path, monkeypatch, p
 
     import oocnet.store.durable as durable
 
-    if not proc_locks:
-        real_open = builtins.open
+    real_open = builtins.open
 
-        def no_proc(path, *a, **k):
-            if str(path) == "/proc/locks":
+    def proc(path, *a, **k):
+        if str(path) == "/proc/locks":
+            if proc_locks == "no":
                 raise OSError("no /proc here")
-            return real_open(path, *a, **k)
+            if proc_locks == "other-device":  # btrfs: stat's device is not the one the kernel's table names
+                import io
+                import re
 
-        monkeypatch.setattr(durable, "open", no_proc, raising=False)
+                with real_open(path) as f:
+                    return io.StringIO(re.sub(r" [0-9a-f]+:[0-9a-f]+:(\d+) ", r" 99:99:\1 ", f.read()))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(durable, "open", proc, raising=False)
     path = tmp_path / "s"
     with open_store(path) as s:
         s.create("w", (2, 2), "float64", np.ones((2, 2)))

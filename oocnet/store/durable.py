@@ -294,12 +294,28 @@ def lock_holder(lock_path: Path) -> int | None:
         table = None
     if table is not None:
         want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        same_inode = None
         for line in table.splitlines():
             parts = line.split()  # "7: FLOCK  ADVISORY  WRITE 4223 fd:00:4718596 0 EOF"; waiters have "->"
-            if "->" not in parts and "FLOCK" in parts and "WRITE" in parts and want in parts:
-                with contextlib.suppress(ValueError, IndexError):
-                    return int(parts[parts.index("WRITE") + 1])
-        return None
+            if "->" in parts or "FLOCK" not in parts or "WRITE" not in parts:
+                continue
+            try:
+                pid, dev_ino = int(parts[parts.index("WRITE") + 1]), parts[parts.index("WRITE") + 2]
+            except (ValueError, IndexError):
+                continue
+            if dev_ino == want:
+                return pid
+            if dev_ino.rsplit(":", 1)[-1] == str(st.st_ino):
+                same_inode = pid  # the kernel names the file system's device, which stat may not (btrfs)
+        if same_inode is None:
+            return None
+        return same_inode if _flock_held(lock_path) is not None else None
+    return _flock_held(lock_path)
+
+
+def _flock_held(lock_path: Path) -> int | None:
+    """The pid written in ``lock_path`` (-1 if unreadable) if its lock is held now, else None: a shared lock is
+    tried and released at once."""
     if fcntl is None:  # pragma: no cover
         return None
     try:
