@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 
 def as_real(x, dtype, what: str, error: type[Exception] = InputError) -> tuple[np.ndarray, np.ndarray]:
@@ -32,3 +32,18 @@ def as_real(x, dtype, what: str, error: type[Exception] = InputError) -> tuple[n
             raise InputError(f"{what} must be numeric, got objects that are not numbers ({exc}).") from None
     with np.errstate(over="ignore", invalid="ignore"):
         return raw, raw.astype(dtype, copy=False)
+
+
+def user_array(value, what: str) -> np.ndarray:
+    """What a user's function returned (an activation's output, a loss's delta) as a real-valued array.
+
+    :class:`ConfigError` (the function is at fault, not the data) if numpy cannot make one array of
+    it, or its values are not real numbers (text, objects, complex).
+    """
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be an array, got {type(value).__name__} ({str(exc).split('.')[0]}).") from None
+    if arr.dtype.kind not in "biuf":
+        raise ConfigError(f"{what} must be real numbers, got dtype {arr.dtype}.")
+    return arr

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._arrays import user_array
 from .errors import ConfigError
 
 
@@ -57,13 +58,7 @@ class Activation:
         return self.derivative(s)
 
     def _checked(self, out, s: np.ndarray, what: str) -> np.ndarray:
-        try:
-            out = np.asarray(out)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"activation {self.name!r} {what} must return an array, got {type(out).__name__} "
-                              f"({str(exc).split('.')[0]}).") from None
-        if out.dtype.kind not in "biuf":
-            raise ConfigError(f"activation {self.name!r} {what} must return real numbers, got dtype {out.dtype}.")
+        out = user_array(out, f"activation {self.name!r} {what}")
         if out.shape != s.shape:
             raise ConfigError(
                 f"activation {self.name!r} {what} must return shape {s.shape}, got {out.shape}."

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._arrays import as_real
+from ._arrays import as_real, user_array
 from .errors import ConfigError, InputError, NumericalError
 
 _REDUCTIONS = ("sum", "mean")
@@ -92,14 +92,7 @@ class Loss:
         """Both at once; losses that share work between them (a softmax) override :meth:`_value_and_delta`."""
         v, d = self._value_and_delta(z, y)
         v = self._scalar(v)
-        try:
-            d = np.asarray(d)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"loss {self.name!r} delta must be an array, got {type(d).__name__} "
-                              f"({str(exc).split('.')[0]}).") from None
-        if d.dtype.kind not in "biuf":
-            raise ConfigError(f"loss {self.name!r} delta must be real numbers, got dtype {d.dtype}.")
-        d = d.astype(z.dtype, copy=False)
+        d = user_array(d, f"loss {self.name!r} delta").astype(z.dtype, copy=False)
         if d.shape != z.shape:
             raise ConfigError(f"loss {self.name!r} delta must have shape {z.shape}, got {d.shape}.")
         if self.reduction == "mean" and z.shape[0]:
