@@ -114,6 +114,10 @@ def _limit_blas_threads():
     return threadpool_limits(1, user_api="blas")
 
 
+#: Smallest --budget the demo takes (see run_demo): twice a batch's rows with gradients and state, rounded up.
+_MIN_BUDGET = 16 * 2**20
+
+
 def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256MiB", n_train: int = 500_000,
              n_test: int = 50_000, words: str = "auto", fresh: bool = False, seed: int = 0, progress: bool = True,
              stream=None) -> dict:
@@ -160,6 +164,12 @@ def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256M
     budget_bytes = parse_bytes(budget)
     if budget_bytes is None:
         raise ConfigError("the demo needs a budget (it is the point); got none.")
+    if budget_bytes < _MIN_BUDGET:  # told now, not after generating the data
+        raise ConfigError(
+            f"the demo needs a budget of at least {_MIN_BUDGET >> 20} MiB, got {budget!r}: a batch of 256 examples "
+            f"touches up to 5,120 rows of the 128-wide table, ~5 MiB with their gradients and optimizer state, and "
+            f"a batch's rows may take at most half the budget."
+        )
     use_words = words == "wordfreq" or (words == "auto" and _words_available())
     if words == "wordfreq" and not _words_available():
         raise ConfigError('wordfreq is not installed; pip install "oocnet[words]", or use --words zipf.')

@@ -398,6 +398,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
     assert not (tmp_path / "params").exists()  # nothing ran
 
 
+def test_demo_refuses_a_budget_too_small_before_generating_data(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "demo", "--dir", tmp_path / "d", "--budget", "1KiB", "--no-progress")
+    assert rc == 2 and "the demo needs a budget of at least 16 MiB, got '1KiB'" in err
+    assert not (tmp_path / "d").exists()  # no data was generated
+
+
 def test_demo_dir_that_is_a_file_is_an_error(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     rc, out, err = run_cli(capsys, "demo", "--dir", tmp_path / "f", "--no-progress")
