@@ -174,6 +174,8 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
         raise InputError(f"the training data {spec.data.train} holds no examples.")
     loss, opt = spec.build_loss(), spec.build_optimizer()
     epochs = spec.training.epochs if epochs is None else int(epochs)
+    # Folders above a new store that do not exist yet: made by the store, removed with it if training fails at once
+    made = [] if not on_disk or existed else [q for q in Path(st.path).resolve().parents if not q.exists()]
     base = memory_now()
     sampler = RssSampler().start()  # peaks include creating the store
     t_build = time.perf_counter()
@@ -312,6 +314,8 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
         if untrained_new_store:  # so that the next run needs neither --resume nor --overwrite
             with contextlib.suppress(OocnetError, OSError):
                 remove_store(st.path, st.backend)
+                for q in made:  # deepest first; a folder something else was put in stays
+                    q.rmdir()
     if on_disk:
         summary["disk_bytes"] = disk_bytes(st.path, st.backend)
     return summary

@@ -381,6 +381,12 @@ def test_empty_training_data_is_an_error_and_leaves_no_store(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
     assert rc == 2 and "holds no examples" in err
     assert not (tmp_path / "params").exists()
+    # nor the folders the store was to go in, when they were made for it
+    cfg = make_task(tmp_path, training__epochs=1, store__path="runs/a/params")
+    (tmp_path / "train.svm").write_text("1 oops\n")
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "train.svm:1:" in err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
