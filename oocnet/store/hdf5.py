@@ -113,6 +113,7 @@ reader thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -424,8 +425,14 @@ class HDF5Store(DurableStore, Store):
             # The stamp as the file was before HDF5 opened it for writing (which may touch it):
             # what the commit record is compared with on this open.
             self._stamp_at_open = self._file_stamp(p) if p.exists() else None
-            self._created = new  # under the lock file: nobody else made it since the check above
-            self._file = self._open_h5(p, mode)
+            try:
+                self._file = self._open_h5(p, mode)
+            except OSError as exc:
+                # Another writer may have made the file since the check above, which ran before the lock
+                # was taken: "exists" is theirs. Any other failure of the exclusive create is this open's.
+                self._created = new and exc.errno != errno.EEXIST and "file exists" not in str(exc).lower()
+                raise
+            self._created = new
         except OSError as exc:
             if "unable to lock file" in str(exc):
                 raise StoreIOError(
