@@ -482,8 +482,10 @@ class DurableStore:
             self._stamps = dict(record.get("stamps", {}))
             # A commit's parameters exist until a later commit drops them (their files go after that
             # commit's record), so one missing now was damaged or removed by hand -- or its name was,
-            # which would make its data look like an uncommitted parameter, dropped below.
-            missing = sorted(k for k in self._checksums if not self._has(k))
+            # which would make its data look like an uncommitted parameter, dropped below. Writers only:
+            # a reader lists an HDF5 file's datasets before it loads the record, and a commit in between
+            # can add a parameter it has not seen (it never shows data under a wrong name either way).
+            missing = [] if self.read_only else sorted(k for k in self._checksums if not self._has(k))
             if missing:
                 raise StoreFormatError(
                     f"{self.path}: the last commit (generation {record.get('generation')}, step "
