@@ -88,6 +88,9 @@ _PLAIN = b"0123456789 \t\r.-+"
 # take digits of other scripts, underscores ("1_0" is 10) and surrounding Unicode spaces.
 _NUMBER = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
 _INDEX = re.compile(rb"[+-]?\d+")
+# Bytes of ASCII numbers with exponents, inf or nan: tokens made of these alone are parsed by numpy
+# as they are; the patterns above run only on blocks holding other bytes (one C pass decides).
+_ASCII_NUMBER_BYTES = _PLAIN + b"eEinfatyINFATY"
 _BOM = b"\xef\xbb\xbf"
 _LONE_CR = re.compile(rb"\r(?!\n|\Z)")
 
@@ -338,7 +341,7 @@ class SvmlightDataset(Dataset):
         if n:
             np.cumsum(counts, out=indptr[1:])
         try:
-            if n and b"".join(labels).translate(None, _PLAIN) and not all(map(_NUMBER.fullmatch, labels)):
+            if n and b"".join(labels).translate(None, _ASCII_NUMBER_BYTES) and not all(map(_NUMBER.fullmatch, labels)):
                 raise ValueError("a label that is not a number")
             y = np.array(labels).astype(np.float64) if n else np.zeros(0)
             joined = b" ".join(rests)
@@ -357,7 +360,8 @@ class SvmlightDataset(Dataset):
                 tokens = joined.split()
                 if len(tokens) != 2 * int(indptr[-1]):
                     raise ValueError("token count")
-                if not (all(map(_INDEX.fullmatch, tokens[0::2])) and all(map(_NUMBER.fullmatch, tokens[1::2]))):
+                if joined.translate(None, _ASCII_NUMBER_BYTES) and not (
+                        all(map(_INDEX.fullmatch, tokens[0::2])) and all(map(_NUMBER.fullmatch, tokens[1::2]))):
                     raise ValueError("a token that is not a number")
                 pairs = np.array(tokens) if tokens else np.zeros(0, dtype="S1")
                 try:
