@@ -204,6 +204,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     f"the store's last commit is at epoch {start_epoch}, batch {skip}: past the {epochs} epoch(s) "
                     f"asked for (training.epochs). Ask for more epochs to go on training it."
                 )
+        start_skip = skip
         bs = spec.training.batch_size
         n_rows = dataset.n_rows if dataset.n_rows is not None else (dataset.count_rows() if progress else None)
         total = None
@@ -276,7 +277,9 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     model.commit(metadata=_meta(spec, epoch, batch_no, examples))
                     break
             seconds = time.perf_counter() - t0
-            if examples == 0 and start_epoch < epochs:
+            # No examples at all -- unless the run resumed at the end of an epoch (stopped after its last
+            # step, before the commit that says so), whose skip took every batch there was.
+            if examples == 0 and start_epoch < epochs and not (resume and start_skip > 0):
                 raise InputError(f"the training data {spec.data.train} holds no examples.")
             if not stopped:
                 model.commit(metadata=_meta(spec, epochs, 0, examples, done=True))

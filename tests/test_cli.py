@@ -139,6 +139,31 @@ def test_a_run_stopped_between_steps_resumes_where_it_stopped(stop, tmp_path, ca
             np.testing.assert_array_equal(a.read(key), b.read(key), err_msg=key)
 
 
+def test_a_run_stopped_after_its_last_step_resumes_to_done(tmp_path, capsys, monkeypatch):
+    """Stopped after an epoch's last step but before the commit that says so: the position committed is the
+    epoch's end, and resuming finishes the run (it found no examples left and refused, before)."""
+    from oocnet import run
+
+    cfg = make_task(tmp_path, training__epochs=1, training__commit_every=1000)
+    real = run._data.batches
+
+    def batches(*a, **k):
+        yield from real(*a, **k)
+        raise KeyboardInterrupt  # Ctrl-C as the epoch's data ends
+
+    monkeypatch.setattr(run._data, "batches", batches)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 130
+    monkeypatch.undo()
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["metadata"]["run"]["batch"] == 63 and not st.last_commit["metadata"]["run"]["done"]
+        stopped = {k: st.read(k) for k in st.keys()}
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume", "--json")
+    assert rc == 0 and json.loads(out)["steps"] == 0, err
+    with oc.open_store(tmp_path / "params", read_only=True) as st:
+        assert st.last_commit["step"] == 63 and st.last_commit["metadata"]["run"]["done"]
+        assert all(np.array_equal(st.read(k), v) for k, v in stopped.items())
+
+
 def test_resuming_with_fewer_epochs_than_the_position_reached_is_refused(tmp_path, capsys):
     """Committing 'done' at the smaller epoch count would move the position back: a later resume would replay."""
     cfg = make_task(tmp_path, training__max_steps=100)  # 63 batches an epoch: stops in epoch 1, at batch 37
