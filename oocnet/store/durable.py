@@ -281,7 +281,9 @@ def lock_holder(lock_path: Path) -> int | None:
 
     The pid written in the lock file stays after its writer closed the store (and may have been
     reused since), so it says nothing by itself. On Linux the kernel's table of locks
-    (``/proc/locks``) is read, which takes no lock; elsewhere a shared lock is tried and released.
+    (``/proc/locks``) is read, which takes no lock. Elsewhere a shared lock is tried and released at
+    once: a writer opening the store in that instant is refused as if the store were held (it may
+    open it again).
     """
     try:
         st = os.stat(lock_path)
@@ -309,7 +311,11 @@ def lock_holder(lock_path: Path) -> int | None:
                 same_inode = pid  # the kernel names the file system's device, which stat may not (btrfs)
         if same_inode is None:
             return None
-        return same_inode if _flock_held(lock_path) is not None else None
+        try:  # the same inode number on another device: the holder's pid is in the file if the file is ours
+            written = int(Path(lock_path).read_text().strip() or 0)
+        except (OSError, ValueError):
+            written = None
+        return same_inode if written == same_inode else None
     return _flock_held(lock_path)
 
 
