@@ -1013,3 +1013,28 @@ def test_lock_holder_tells_a_held_lock_from_a_stale_pid(tmp_path, monkeypatch, p
     assert durable.lock_holder(path / "lock") is None
     with open_store(path) as s:  # asking took nothing
         assert s.keys() == ["w"]
+
+
+def test_a_failed_hdf5_create_never_deletes_a_store_another_writer_made(tmp_path, monkeypatch):
+    """Another writer creates the store between our 'is it new?' check and our lock: our exclusive create
+    fails, and what it failed on is theirs, not ours to clean up."""
+    import subprocess
+    import sys
+
+    import oocnet.store.hdf5 as h
+
+    path = tmp_path / "s.h5"
+    other = ("import sys, numpy as np; from oocnet.store import open_store; s = open_store(sys.argv[1]); "
+             "s.create('w', (4, 2), 'float32', np.ones((4, 2), np.float32)); s.commit(step=5); s.close()")
+    real = h.acquire_lock
+
+    def lock_after_another_writer(lock_path, store_path):
+        subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+        return real(lock_path, store_path)
+
+    monkeypatch.setattr(h, "acquire_lock", lock_after_another_writer)
+    with pytest.raises(StoreIOError):
+        HDF5Store(path)
+    monkeypatch.undo()
+    with HDF5Store(path, read_only=True) as s:  # theirs, whole
+        assert s.last_commit["step"] == 5 and np.array_equal(s.read("w"), np.ones((4, 2), np.float32))
