@@ -713,9 +713,14 @@ class Sequential:
                 raise ShapeError(f"state[{key!r}] must be real numbers, got {arr.dtype}.")
             if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
                 raise InputError(f"state[{key!r}] contains NaN or inf.")
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = arr.astype(info.dtype, copy=False)
+            if np.issubdtype(cast.dtype, np.floating) and not np.all(np.isfinite(cast)):  # finite, but not in dtype
+                raise InputError(f"state[{key!r}] has values beyond the range of {info.dtype.name} "
+                                 f"(largest {np.finfo(info.dtype).max:.3g}).")
             if key != base:
-                check_state_values(key.split(":", 1)[1], arr, f"state[{key!r}]")
-            checked[key] = arr.astype(info.dtype, copy=False)
+                check_state_values(key.split(":", 1)[1], cast, f"state[{key!r}]")
+            checked[key] = cast
         if strict:
             missing = [k for k in self._param_infos if k not in checked]
             if missing:

@@ -135,6 +135,15 @@ def test_state_dict_round_trip_and_checks():
     bad["dense_1/b"] = np.array([np.nan, 0.0])
     with pytest.raises(InputError, match="NaN"):
         b.load_state_dict(bad)
+    f32 = small(seed=3, dtype="float32")
+    before32 = f32.state_dict()
+    huge = {k: v.astype(np.float64) for k, v in before32.items()}
+    huge["dense_1/b"] = np.array([1e300, 0.0])  # finite in float64, inf once in the model's float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"dense_1/b'\] has values beyond the range of float32"):
+            f32.load_state_dict(huge)
+    assert all(np.array_equal(f32.state_dict()[k], v) for k, v in before32.items())
     for k, v in b.state_dict().items():  # nothing was written by the failed loads
         np.testing.assert_array_equal(v, before[k])
     b.load_state_dict({"dense_0/b": np.ones(4)}, strict=False)
