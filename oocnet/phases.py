@@ -82,7 +82,9 @@ def listen(listener) -> None:
     and ``track_pager(pager)``); one at a time."""
     global _listener
     if _listener is not None and listener is not None:
-        raise RuntimeError("a phase listener is already installed.")
+        from .errors import ConfigError
+
+        raise ConfigError("a profiler is already running in this process (one at a time); stop it first.")
     _listener = listener
 
 

@@ -340,11 +340,12 @@ class Profiler:
     def start(self) -> "Profiler":
         """Measure the baseline (memory now), then start tracing, listening and sampling."""
         self.baseline = memory_now()
+        recorder = PhaseRecorder(self.trace_malloc)
+        _phases.listen(recorder)  # first: refused while another profiler runs, before anything is started
+        self.recorder = recorder
         if self.trace_malloc and not tracemalloc.is_tracing():
             tracemalloc.start()
             self._tm_started = True
-        self.recorder = PhaseRecorder(self.trace_malloc)
-        _phases.listen(self.recorder)
         rec = self.recorder
         self.sampler = RssSampler(self.interval, label=lambda: rec.current, uss_every=self.uss_every,
                                   trace_malloc=self.trace_malloc)
@@ -387,6 +388,10 @@ class Profiler:
     def report(self, max_points: int = 4000) -> dict:
         """The measurements as a JSON-ready dict (see :func:`format_report`)."""
         rec, smp = self.recorder, self.sampler
+        if rec is None or smp is None:
+            from .errors import ConfigError
+
+            raise ConfigError("report() needs a profiler that was started (start(), or use it as a context manager).")
         # Peaks seen by the sampler thread, per (phase, layer), beside those read at switches.
         sampled: dict[tuple, list[int]] = {}
         for _t, rss, anon, _file, label in smp.samples:

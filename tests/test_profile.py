@@ -251,3 +251,18 @@ def test_budget_verdict_shows_small_budgets_in_kib_and_does_not_judge_without_a_
     assert not v["ok"] and v["measured"] and "budget 1.0 KiB" in v["reason"] and "OVER" in v["reason"]
     v = check_budget({"peak": {"anon": 0}, "baseline": {"anon": 0}}, 1024)
     assert v["ok"] and not v["measured"] and v["reason"].startswith("not measured")
+
+
+def test_a_second_profiler_is_refused_before_it_starts_anything():
+    assert not tracemalloc.is_tracing()
+    with pytest.raises(oc.OocnetError, match="needs a profiler that was started"):
+        Profiler().report()
+    with Profiler(trace_malloc=False):
+        inner = Profiler(trace_malloc=True)
+        with pytest.raises(oc.OocnetError, match="a profiler is already running"):
+            inner.start()
+        assert not tracemalloc.is_tracing()  # the refused one traced nothing
+    assert not tracemalloc.is_tracing()
+    with Profiler(trace_malloc=False) as again:  # the slot is free again
+        pass
+    assert again.report()["seconds"] >= 0
