@@ -718,8 +718,10 @@ class Sequential:
             if np.issubdtype(cast.dtype, np.floating) and not np.all(np.isfinite(cast)):  # finite, but not in dtype
                 raise InputError(f"state[{key!r}] has values beyond the range of {info.dtype.name} "
                                  f"(largest {np.finfo(info.dtype).max:.3g}).")
-            if key != base:
-                check_state_values(key.split(":", 1)[1], cast, f"state[{key!r}]")
+            if key != base:  # on the values as given: a cast to an integer state would hide fractions
+                check_state_values(key.split(":", 1)[1], arr, f"state[{key!r}]")
+            if cast.dtype.kind in "iu" and not np.array_equal(cast, arr):
+                raise InputError(f"state[{key!r}] has values {info.dtype.name} cannot hold.")
             checked[key] = cast
         if strict:
             missing = [k for k in self._param_infos if k not in checked]
