@@ -34,6 +34,20 @@ def as_real(x, dtype, what: str, error: type[Exception] = InputError) -> tuple[n
         return raw, raw.astype(dtype, copy=False)
 
 
+def check_finite(raw: np.ndarray, arr: np.ndarray, what: str) -> None:
+    """:class:`InputError` unless ``arr`` (``raw`` cast to its dtype) is all finite.
+
+    Values that were finite in ``raw`` but not after the cast are named as beyond the dtype's range;
+    the others as NaN or inf.
+    """
+    if arr.dtype.kind != "f" or np.all(np.isfinite(arr)):
+        return
+    if np.all(np.isfinite(raw.astype(np.float64, copy=False))):
+        raise InputError(f"{what} has values beyond the range of {arr.dtype.name} "
+                         f"(largest {np.finfo(arr.dtype).max:.3g}).")
+    raise InputError(f"{what} contains NaN or inf.")
+
+
 def user_array(value, what: str) -> np.ndarray:
     """What a user's function returned (an activation's output, a loss's delta) as a real-valued array.
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._arrays import as_real, user_array
+from ._arrays import as_real, check_finite, user_array
 from .errors import ConfigError, InputError, NumericalError
 
 _REDUCTIONS = ("sum", "mean")
@@ -135,10 +135,7 @@ def _check_float_targets(y, n_out: int, n_rows: int, name: str, dtype) -> np.nda
         arr = arr[:, None]
     if arr.shape != (n_rows, n_out):
         raise InputError(f"{name} targets must have shape ({n_rows}, {n_out}), got {arr.shape}.")
-    if not np.all(np.isfinite(arr)):
-        if np.all(np.isfinite(raw.astype(np.float64, copy=False))):
-            raise InputError(f"{name} targets have values beyond the range of {np.dtype(dtype).name}.")
-        raise InputError(f"{name} targets contain NaN or inf.")
+    check_finite(raw, arr, f"the target array of {name}")
     return arr
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import check_finite
 from .activations import ACTIVATIONS
 from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ReadOnlyError, ShapeError
 from .init import row_initializer
@@ -711,13 +712,9 @@ class Sequential:
                 raise ShapeError(f"state[{key!r}] must have shape {info.shape}, got {arr.shape}.")
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
                 raise ShapeError(f"state[{key!r}] must be real numbers, got {arr.dtype}.")
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                raise InputError(f"state[{key!r}] contains NaN or inf.")
             with np.errstate(over="ignore", invalid="ignore"):
                 cast = arr.astype(info.dtype, copy=False)
-            if np.issubdtype(cast.dtype, np.floating) and not np.all(np.isfinite(cast)):  # finite, but not in dtype
-                raise InputError(f"state[{key!r}] has values beyond the range of {info.dtype.name} "
-                                 f"(largest {np.finfo(info.dtype).max:.3g}).")
+            check_finite(arr, cast, f"state[{key!r}]")
             if key != base:  # on the values as given: a cast to an integer state would hide fractions
                 check_state_values(key.split(":", 1)[1], arr, f"state[{key!r}]")
             if cast.dtype.kind in "iu" and not np.array_equal(cast, arr):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ._arrays import check_finite
 from .errors import InputError
 
 
@@ -103,10 +104,7 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
             )
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond dtype's range become inf: named below
         data = src.astype(dtype, copy=False)
-    if data.size and not np.all(np.isfinite(data)):
-        if np.all(np.isfinite(src.astype(np.float64, copy=False))):
-            raise InputError(f"the batch's values lie beyond the range of {np.dtype(dtype).name}.")
-        raise InputError("the batch's values contain NaN or inf.")
+    check_finite(src, data, "the batch")
     return data, indices, indptr, n
 
 

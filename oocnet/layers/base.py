@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .._arrays import as_real
+from .._arrays import as_real, check_finite
 from ..activations import Activation, get_activation
 from ..errors import ConfigError, ShapeError
 from ..optim.base import Optimizer
@@ -91,13 +91,7 @@ class Layer:
             raise ShapeError(
                 f"{self.describe()} needs a batch of shape (rows, {self.n_in}), got shape {arr.shape}."
             )
-        if not np.all(np.isfinite(arr)):
-            from ..errors import InputError
-
-            if np.all(np.isfinite(raw.astype(np.float64, copy=False))):
-                raise InputError(f"the batch given to {self.describe()} has values beyond the range of "
-                                 f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g}).")
-            raise InputError(f"the batch given to {self.describe()} contains NaN or inf.")
+        check_finite(raw, arr, f"the batch given to {self.describe()}")
         return arr
 
     def forward(self, access: "ParamAccess", x) -> np.ndarray:
