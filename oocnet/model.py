@@ -469,6 +469,11 @@ class Sequential:
             grads[i] = g
         return grads
 
+    def _fprime(self, i: int, s_list, z_list, grads: dict) -> np.ndarray:
+        """f'(s) of layer ``i``: checked already (:meth:`_user_grads`) or a built-in's, computed now."""
+        g = grads.get(i)
+        return g if g is not None else self.layers[i].activation.grad(s_list[i], z_list[i])
+
     def _backward(self, x, s_list, z_list, delta, tiles, opt=None, suffixes=None, record=None, trace=None,
                   top: int | None = None, grads: dict | None = None):
         self.pager.set_plan(self._plan(tiles, suffixes, backward=True))
@@ -482,9 +487,7 @@ class Sequential:
             with _phase("backward", layer.name):
                 dx = layer.backward(self._access(layer, tiles, opt, suffixes, record), inp, delta, need_dx=i > 0)
                 if i > 0:
-                    below = self.layers[i - 1]
-                    g = grads.get(i - 1)
-                    delta = dx * (g if g is not None else below.activation.grad(s_list[i - 1], z_list[i - 1]))
+                    delta = dx * self._fprime(i - 1, s_list, z_list, grads)
         if trace is not None:
             trace["delta"] = deltas
 
@@ -570,9 +573,7 @@ class Sequential:
         if not np.isfinite(value):
             raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
         if train and top > 0:
-            below = self.layers[top - 1]
-            g = grads.get(top - 1)
-            delta = dx * (g if g is not None else below.activation.grad(s_list[-1], z_list[-1]))
+            delta = dx * self._fprime(top - 1, s_list, z_list, grads)
             self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, record=record, trace=trace, top=top - 1,
                            grads=grads)
         return value

@@ -95,7 +95,8 @@ def zero_rows_sum(start: int, stop: int, chunk: int = 1 << 18) -> int:
     total = 0
     # Two buffers for all chunks: arrays of this size made afresh each time are page-faulted in each time
     # (glibc returns them to the OS), which cost 4x the arithmetic.
-    z, t = np.empty(min(chunk, max(0, stop - start)), np.uint64), np.empty(min(chunk, max(0, stop - start)), np.uint64)
+    size = min(chunk, max(0, stop - start))
+    z, t = np.empty(size, np.uint64), np.empty(size, np.uint64)
     with np.errstate(over="ignore"):
         for a in range(start, stop, chunk):
             n = min(chunk, stop - a)
