@@ -534,17 +534,19 @@ def _finite_block(where: str, X, y: np.ndarray, first: int):
     Array formats carry no line numbers; without this the model would refuse the batch without
     saying where in the file it came from.
     """
+    def first_bad_row(a: np.ndarray) -> int:
+        return int(np.flatnonzero(~np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1))[0])
+
     vals = X.data if sp.issparse(X) else X
     if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
         if sp.issparse(X):
             k = int(np.flatnonzero(~np.isfinite(X.data))[0])
             row = int(np.searchsorted(X.indptr, k, side="right")) - 1
         else:
-            row = int(np.flatnonzero(~np.all(np.isfinite(X.reshape(X.shape[0], -1)), axis=1))[0])
+            row = first_bad_row(X)
         raise InputError(f"{where}: row {first + row} (counting from 0): a feature value is NaN or inf.")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        row = int(np.flatnonzero(~np.all(np.isfinite(y.reshape(y.shape[0], -1)), axis=1))[0])
-        raise InputError(f"{where}: row {first + row} (counting from 0): the label is NaN or inf.")
+        raise InputError(f"{where}: row {first + first_bad_row(y)} (counting from 0): the label is NaN or inf.")
     return X, y
 
 

@@ -28,6 +28,7 @@ epoch); ``fresh=True`` deletes the store and starts over.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shlex
@@ -228,10 +229,12 @@ def run_demo(directory="oocnet-demo", *, vocab: int = 10**6, budget: str = "256M
     test = summary.get("test") or {}
     # The command that trains this run one more epoch: every argument that differs from the default
     # (a changed --vocab, --train, --words... would regenerate the data and start over).
-    given = {"--dir": (str(directory), "oocnet-demo"), "--vocab": (int(vocab), 10**6),
-             "--budget": (budget, "256MiB"), "--train": (int(n_train), 500_000), "--test": (int(n_test), 50_000),
-             "--words": (words, "auto"), "--seed": (int(seed), 0)}
-    again = " ".join(["oocnet demo"] + [f"{k} {shlex.quote(str(v))}" for k, (v, d) in given.items() if v != d])
+    defaults = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
+    given = {"--dir": ("directory", str(directory)), "--vocab": ("vocab", int(vocab)), "--budget": ("budget", budget),
+             "--train": ("n_train", int(n_train)), "--test": ("n_test", int(n_test)), "--words": ("words", words),
+             "--seed": ("seed", int(seed))}
+    again = " ".join(["oocnet demo"] + [f"{flag} {shlex.quote(str(v))}" for flag, (name, v) in given.items()
+                                        if v != defaults[name]])
     out = {
         "again": again,
         "directory": str(directory),

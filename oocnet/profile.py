@@ -590,24 +590,22 @@ def check_budget(report: dict, budget: int, allowance: int = 100 * MiB) -> dict:
     base = int(report["baseline"]["anon"])
     limit = int(budget) + base + int(allowance)
     used = peak - overhead
-    ok = used <= limit
+    measured = peak > 0  # not one sample: the command ended (or the process vanished) before the first
+    ok = used <= limit or not measured
     fm = _mib
-    if peak == 0:  # not one sample: the command ended (or the process vanished) before the first
+    if not measured:
         why = ("not measured: no memory sample was taken (the command ended before the first one); "
                "nothing to judge")
-        verdict = {"budget": int(budget), "allowance": int(allowance), "baseline_anon": base, "peak_anon": peak,
-                   "tracemalloc_overhead": overhead, "limit": limit, "ok": True, "measured": False, "reason": why}
-        report["budget"] = verdict
-        return verdict
-    why = (f"peak anonymous RSS {fm(peak)}"
-           + (f" - tracemalloc's own up to the peak {fm(overhead)} = {fm(used)}" if overhead else "")
-           + f" {'<=' if ok else '>'} budget {fm(budget)} + baseline {fm(base)}"
-           + ("" if base else " (not measured)") + f" + allowance {fm(allowance)} = {fm(limit)}: "
-           + ("within the budget" if ok else "OVER the budget")
-           + ("" if ok or not overhead else " (tracemalloc costs more than it reports: --no-tracemalloc judges "
-                                            "without it)"))
+    else:
+        why = (f"peak anonymous RSS {fm(peak)}"
+               + (f" - tracemalloc's own up to the peak {fm(overhead)} = {fm(used)}" if overhead else "")
+               + f" {'<=' if ok else '>'} budget {fm(budget)} + baseline {fm(base)}"
+               + ("" if base else " (not measured)") + f" + allowance {fm(allowance)} = {fm(limit)}: "
+               + ("within the budget" if ok else "OVER the budget")
+               + ("" if ok or not overhead else " (tracemalloc costs more than it reports: --no-tracemalloc judges "
+                                                "without it)"))
     verdict = {"budget": int(budget), "allowance": int(allowance), "baseline_anon": base, "peak_anon": peak,
-               "tracemalloc_overhead": overhead, "limit": limit, "ok": ok, "measured": True, "reason": why}
+               "tracemalloc_overhead": overhead, "limit": limit, "ok": ok, "measured": measured, "reason": why}
     report["budget"] = verdict
     return verdict
 
