@@ -311,12 +311,18 @@ def lock_holder(lock_path: Path) -> int | None:
                 same_inode = pid  # the kernel names the file system's device, which stat may not (btrfs)
         if same_inode is None:
             return None
-        try:  # the same inode number on another device: the holder's pid is in the file if the file is ours
-            written = int(Path(lock_path).read_text().strip() or 0)
-        except (OSError, ValueError):
-            written = None
-        return same_inode if written == same_inode else None
+        # The same inode number on another device: the holder's pid is in the file if the file is ours
+        return same_inode if _written_pid(lock_path) == same_inode else None
     return _flock_held(lock_path)
+
+
+def _written_pid(lock_path: Path) -> int | None:
+    """The pid the last writer wrote in its lock file (None if unreadable)."""
+    try:
+        with open(lock_path, "rb") as f:
+            return int(f.read(32).decode("ascii", "replace").strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _flock_held(lock_path: Path) -> int | None:
@@ -331,9 +337,7 @@ def _flock_held(lock_path: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        with contextlib.suppress(OSError, ValueError):
-            return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0) or -1
-        return -1
+        return _written_pid(lock_path) or -1
     except OSError:
         return None
     finally:
