@@ -535,14 +535,20 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def _two_committed(path, first: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """A store at ``path`` holding parameters ``first`` and "b" (distinct values), committed at ``step``."""
+    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2) + 100
+    with open_store(path) as s:
+        s.create(first, a.shape, "float64", a)
+        s.create("b", b.shape, "float64", b)
+        s.commit(step=step)
+    return a, b
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_parameter_deleted_since_the_commit_survives_a_crash(backend, tmp_path):
     path = store_path(tmp_path, backend)
-    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2) + 100
-    with open_store(path) as s:
-        s.create("a", a.shape, "float64", a)
-        s.create("b", b.shape, "float64", b)
-        s.commit(step=1)
+    a, b = _two_committed(path, "a", step=1)
     out = subprocess.run([sys.executable, "-c", _DELETE_AND_DIE, str(path)], capture_output=True, text=True)
     assert out.returncode == -signal.SIGKILL, out.stderr
     with open_store(path, read_only=True) as s:  # a reader after the crash
@@ -562,11 +568,7 @@ def test_a_committed_parameter_whose_name_was_damaged_is_refused_not_dropped(bac
     import h5py
 
     path = store_path(tmp_path, backend)
-    a, b = np.arange(12.0).reshape(4, 3), np.arange(6.0).reshape(3, 2) + 100
-    with open_store(path) as s:
-        s.create("emb/W", a.shape, "float64", a)
-        s.create("b", b.shape, "float64", b)
-        s.commit(step=7)
+    a, b = _two_committed(path, "emb/W", step=7)
     if backend == "memmap":
         man = path / "manifest.json"
         doc = json.loads(man.read_text())
