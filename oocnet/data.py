@@ -19,8 +19,8 @@ format         file                                         X per block
 
 * **svmlight / libsvm.**  One example per line: a numeric label, then
   ``index:value`` pairs (any order; repeats are summed later, as an
-  :class:`~oocnet.Embedding` treats repeated ids); an optional ``qid:N`` is
-  skipped; ``#`` starts a comment; blank lines are skipped.  Indices are
+  :class:`~oocnet.Embedding` treats repeated ids); an optional ``qid:N``
+  right after the label is skipped (anywhere else it is an error); ``#`` starts a comment; blank lines are skipped.  Indices are
   **one-based** by default, as libsvm defines the format (``zero_based=True``
   for files written from zero).  Sparse features map to the rows of an
   ``Embedding``: index ``i`` is row ``i - 1`` (one-based).  A malformed line is
@@ -81,7 +81,8 @@ CHUNK_ROWS = 8192
 #: temporaries are about 40 bytes per byte of text, so blocks stay small.
 BLOCK_BYTES = 256 * 2**10
 
-_QID = re.compile(rb"(?<!\S)qid:\S*")
+# libsvm's optional query id: one token right after the label, and nowhere else.
+_QID = re.compile(rb"(?m)^([ \t]*\S+[ \t]+)qid:\S*")
 _POW10 = 10.0 ** np.arange(-40, 41)
 _PLAIN = b"0123456789 \t\r.-+"
 # What a number (a label, a value) and an index may be, in ASCII: numpy's and Python's parsers also
@@ -325,7 +326,7 @@ class SvmlightDataset(Dataset):
         if b"#" in text:
             text = b"\n".join(l.partition(b"#")[0] for l in text.split(b"\n"))
         if b"qid:" in text:
-            text = _QID.sub(b"", text)
+            text = _QID.sub(rb"\1", text)
         labels, rests, lines, counts = [], [], [], []
         for i, line in enumerate(text.split(b"\n")):
             parts = line.split(None, 1)
@@ -421,6 +422,9 @@ class SvmlightDataset(Dataset):
                 raise self._fail(where, f"expected a numeric label first, got {label!r}.")
             for tok in parts[1:]:
                 i_s, sep, v_s = tok.partition(b":")
+                if i_s == b"qid":
+                    raise self._fail(where, f"'qid:' may only come right after the label, got "
+                                            f"{tok.decode('utf-8', 'replace')!r} among the features.")
                 if not (sep and _INDEX.fullmatch(i_s) and _NUMBER.fullmatch(v_s)):
                     raise self._fail(where, f"expected 'index:value' with an integer index and a number, got "
                                             f"{tok.decode('utf-8', 'replace')!r}.")

@@ -108,6 +108,10 @@ def test_svmlight_zero_based_and_width_scan(tmp_path):
     ("\uff11 1:2\n", "expected a numeric label"),  # a full-width digit
     ("1 3:1\x00\n", "expected 'index:value'"),
     ("0x10 1:2\n", "expected a numeric label"),
+    # libsvm's query id comes right after the label, or not at all
+    ("qid:3 1 1:2\n", "expected a numeric label"),
+    ("1 1:2 qid:3\n", "'qid:' may only come right after the label"),
+    ("1 qid:3 qid:4 1:2\n", "'qid:' may only come right after the label"),
 ])
 def test_svmlight_malformed_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.svm"
