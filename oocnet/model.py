@@ -42,8 +42,9 @@ _MIN_CACHE_ROWS = 64
 
 
 def _exclusive(method):
-    """One call at a time per model (a second thread gets an error, not torn parameters), and none in a
-    process forked from the one that made the model."""
+    """One call at a time per model (a second thread gets an error, not torn parameters; so does a call
+    made from inside another, by a loss or activation function), and none in a process forked from the
+    one that made the model."""
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
@@ -54,7 +55,15 @@ def _exclusive(method):
             raise OocnetError(f"the model is busy in another thread ({method.__name__} was called during another "
                               f"call); use one model per thread, or serialise the calls with a lock.")
         try:
-            return method(self, *args, **kwargs)
+            if self._running is not None:  # this thread, inside a call: a user function called back in
+                raise OocnetError(f"model.{method.__name__} was called from inside model.{self._running} (by a "
+                                  f"loss, activation or initialiser function?); a model runs one call at a time, "
+                                  f"and nothing was changed by this one.")
+            self._running = method.__name__
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._running = None
         finally:
             self._call_lock.release()
 
@@ -92,7 +101,9 @@ class Sequential:
                  dtype="float32", prefetch: bool = True, commit_every: int | None = None) -> None:
         self._pid = os.getpid()
         self._batch_room = 32 * 2**20  # a sparse batch's gathered rows (grows; see _budget_split)
-        self._call_lock = threading.RLock()  # re-entrant: train_step may commit (commit_every)
+        # Re-entrant, so that a callback's nested call is told apart from another thread's (_exclusive).
+        self._call_lock = threading.RLock()
+        self._running: str | None = None  # the _exclusive method running, if any
         self.layers = self._check_layers(layers)
         self.dtype = validate_dtype(dtype)
         if self.dtype.name not in _MODEL_DTYPES:
@@ -553,7 +564,7 @@ class Sequential:
             self._release_held(x)
         self.step += 1
         if self.commit_every is not None and self.step % self.commit_every == 0:
-            self.commit()
+            self._commit()
         return value
 
     def _fuses(self, loss: Loss) -> bool:
@@ -754,6 +765,9 @@ class Sequential:
         dict
             The commit's ``generation``, ``step``, ``metadata`` and ``time``.
         """
+        return self._commit(metadata)
+
+    def _commit(self, metadata: dict | None = None) -> dict:
         if self._broken or self.store.failed:
             raise OocnetError(
                 "a training step or a write failed half-way, so parameters may be partly updated; "

@@ -780,6 +780,34 @@ def test_a_model_serves_one_call_at_a_time(tmp_path):
     model.close()
 
 
+def test_a_call_made_from_inside_a_step_is_refused_and_changes_nothing(tmp_path):
+    """A loss (or activation) that calls back into its model mid-step would run on a half-done step."""
+    model = _small(tmp_path / "p")
+    model.commit_every = 1  # the step's own commit is internal, not a nested call
+    opt = oc.SGD(0.1)
+    model.train_step(_XS, _YS, "softmax_cross_entropy", opt)
+    before = model.state_dict()
+    gen = model.last_commit["generation"]
+    sce = oc.SoftmaxCrossEntropy(reduction="sum")
+    calls = []
+
+    def value(z, y):
+        calls.append(1)
+        return model.evaluate(_XS, _YS, sce)  # back into the model, from inside train_step
+
+    nested = oc.CustomLoss(value, lambda z, y: sce.delta(z, y), targets="labels")
+    with pytest.raises(oc.OocnetError, match=r"model\.evaluate was called from inside model\.train_step"):
+        model.train_step(_XS, _YS, nested, opt)
+    assert calls, "the loss was called"
+    after = model.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+    assert model.step == 1 and model.last_commit["generation"] == gen
+    model.train_step(_XS, _YS, "softmax_cross_entropy", opt)  # the model goes on
+    assert model.step == 2 and model.last_commit["generation"] > gen
+    model.close()
+
+
 def test_a_second_model_on_the_same_store_object_is_refused(tmp_path):
     with open_store(tmp_path / "p") as s:
         a = _small(s)
