@@ -337,6 +337,56 @@ def test_index_writes_survive_short_writes_and_name_the_file_on_errors(backend, 
         assert s.failed
 
 
+@pytest.mark.parametrize("backend", ["memmap", "hdf5"])
+def test_scattered_reads_survive_short_and_refused_reads_and_name_the_file_on_errors(backend, tmp_path, monkeypatch):
+    """Scattered rows are read one non-blocking preadv per run; a run read short or refused (not cached)
+    is read again by the general reader, and an OS error is a StoreIOError naming the file."""
+    import errno
+
+    import oocnet.store.memmap as mm
+
+    if mm._RWF_NOWAIT is None:
+        pytest.skip("needs RWF_NOWAIT")
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(30000, 128)).astype(np.float32)  # 512-byte rows, as an embedding's
+    path = tmp_path / ("p" if backend == "memmap" else "p.h5")
+    s = MemmapStore(path, shard_bytes=2**20) if backend == "memmap" else HDF5Store(path)
+    with s:
+        s.create("t", ref.shape, "float32", init=ref)
+        np.testing.assert_array_equal(s.read("t"), ref)  # in the page cache now (HDF5 drops a new table's)
+        real, calls = os.preadv, {"nowait": 0, "blocking": 0}
+
+        def flaky(fd, bufs, offset, flags=0):
+            if flags == mm._RWF_NOWAIT:
+                calls["nowait"] += 1
+                if calls["nowait"] % 3 == 0:
+                    raise BlockingIOError(errno.EAGAIN, "not cached")
+                if calls["nowait"] % 3 == 1:  # at most 40 bytes
+                    return real(fd, [memoryview(bufs[0])[:40]], offset, flags)
+            else:
+                calls["blocking"] += 1
+            return real(fd, bufs, offset, flags)
+
+        monkeypatch.setattr(mm.os, "preadv", flaky)
+        scattered = np.unique(rng.integers(0, 30000, 80))
+        for rows in (scattered,  # one call a row (a few hundred rows apart: no span saves calls)
+                     np.unique(np.concatenate([rng.integers(0, 30000, 300), np.arange(600, 800)]))):
+            got = s.read_index("t", rows)
+            np.testing.assert_array_equal(got, ref[rows])
+        assert calls["nowait"] >= scattered.size and calls["blocking"] > 0
+        monkeypatch.undo()
+
+        def failing(fd, bufs, offset, flags=0):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(mm.os, "preadv", failing)
+        with pytest.raises(StoreIOError, match=r"reading .*(t\.0000|p\.h5).* Input/output error") as info:
+            s.read_index("t", np.array([3, 2000, 29000]))
+        assert info.value.errno == errno.EIO
+        monkeypatch.undo()
+        np.testing.assert_array_equal(s.read_index("t", np.array([3, 2000, 29000])), ref[[3, 2000, 29000]])
+
+
 def test_memmap_failed_create_leaves_no_files(tmp_path):
     folder = tmp_path / "p"
     with MemmapStore(folder, shard_bytes=SHARD_BYTES) as s:

@@ -662,7 +662,7 @@ class HDF5Store(DurableStore, Store):
         p = self._raw_layout(key)
         if p is not None:
             if rows.size:
-                self._rawio.read(self._rawio._index_ops(p, rows), out)
+                self._rawio._read_scattered(p, rows, out)
             return
         info = self._infos[key]
         with self._guard("reading"):
