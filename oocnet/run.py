@@ -24,6 +24,7 @@ A sparse (CSR) batch given to a dense first layer is made dense per batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -47,8 +48,13 @@ MiB = 2**20
 # ---------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------
-def build_model(spec: RunSpec, *, read_only: bool = False):
-    """The :class:`~oocnet.Sequential` a spec describes, on its store (opened read-only if asked)."""
+def build_model(spec: RunSpec, *, read_only: bool = False, resume: bool = False):
+    """The :class:`~oocnet.Sequential` a spec describes, on its store (opened read-only if asked).
+
+    With ``resume``, the store must hold every parameter of the model, and a run it continues must have
+    had the same layers and optimizer: checked before anything is written (the model would otherwise
+    create the parameters it lacks, and commit them without the run's data position).
+    """
     from .model import Sequential
     from .store import open_store
 
@@ -59,6 +65,8 @@ def build_model(spec: RunSpec, *, read_only: bool = False):
     else:
         store = open_store(st.path, backend=st.backend, read_only=read_only)
     try:
+        if resume and store is not None:
+            _check_resumable(spec, layers, store)
         model = Sequential(layers, store=store, budget=st.budget, seed=spec.seed, dtype=spec.model.dtype,
                            prefetch=st.prefetch)
     except BaseException:
@@ -66,6 +74,38 @@ def build_model(spec: RunSpec, *, read_only: bool = False):
             store.close()
         raise
     return model
+
+
+def _run_signature(spec: RunSpec) -> dict:
+    """What a resumed run must share with the run it continues: its layers (their initialisers aside:
+    the parameters exist) and the kind of its optimizer (whose state rows it reads)."""
+    layers = [[t, {k: v for k, v in sorted(kw.items()) if k != "init"}] for t, kw in spec.model.layers]
+    return {"layers": json.loads(json.dumps(layers, default=str)), "optimizer": spec.optimizer[0]}
+
+
+def _check_resumable(spec: RunSpec, layers: list, store) -> None:
+    from .model import Sequential
+
+    keys = [f"{layer.name}/{p.name}" for layer in Sequential._check_layers(layers) for p in layer.params()]
+    held = set(store.keys())
+    missing = [k for k in keys if k not in held]
+    if missing:
+        params = sorted(k for k in held if ":" not in k)
+        raise ConfigError(
+            f"--resume: the store {spec.store.path} has no parameter {', '.join(map(repr, missing[:4]))} of "
+            f"this model; it holds {params[:8]!r}. Were layers added, removed or renamed since it was trained? "
+            f"Resume with the model it was trained with, or pass --overwrite to start over."
+        )
+    meta = (store.last_commit.get("metadata") or {}).get("run") or {}
+    now = _run_signature(spec)
+    changed = [k for k in ("layers", "optimizer") if k in meta and meta[k] != now[k]]
+    if changed:
+        what = {"layers": f"the layers ({meta['layers']!r} -> {now['layers']!r})",
+                "optimizer": f"the optimizer ({meta.get('optimizer')!r} -> {now['optimizer']!r})"}
+        raise ConfigError(
+            f"--resume: the store's run was trained with other settings: {'; '.join(what[k] for k in changed)}. "
+            f"Resume with the settings it was trained with, or pass --overwrite to start over."
+        )
 
 
 def close_model(model) -> None:
@@ -181,9 +221,11 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     t_build = time.perf_counter()
     try:
         with phase("setup", None):
-            model = build_model(spec)
+            model = build_model(spec, resume=resume and existed)
     except BaseException:
         sampler.stop()
+        if on_disk and not existed:  # a store this call created: the next run needs no --overwrite
+            _remove_new_store(st, made)
         raise
     build_s = time.perf_counter() - t_build
     summary: dict = {"config": str(spec.source) if spec.source else None, "store": str(st.path) if st.path else None,
@@ -315,18 +357,25 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
         with phase("commit", None):  # closing writes back what is left and commits it
             close_model(model)
         if untrained_new_store:  # so that the next run needs neither --resume nor --overwrite
-            with contextlib.suppress(OocnetError, OSError):
-                remove_store(st.path, st.backend)
-                for q in made:  # deepest first; a folder something else was put in stays
-                    q.rmdir()
+            _remove_new_store(st, made)
     if on_disk:
         summary["disk_bytes"] = disk_bytes(st.path, st.backend)
     return summary
 
 
+def _remove_new_store(st, made: list) -> None:
+    """Remove a store a failed run created, and the folders made for it (deepest first; a folder something
+    else was put in stays)."""
+    with contextlib.suppress(OocnetError, OSError):
+        if store_exists(st.path, st.backend):
+            remove_store(st.path, st.backend)
+        for q in made:
+            q.rmdir()
+
+
 def _meta(spec: RunSpec, epoch: int, batch: int, examples: int, done: bool = False) -> dict:
     return {"run": {"epoch": int(epoch), "batch": int(batch), "examples": int(examples), "done": bool(done),
-                    "config": str(spec.source) if spec.source else None, **_order(spec)}}
+                    "config": str(spec.source) if spec.source else None, **_order(spec), **_run_signature(spec)}}
 
 
 def _order(spec: RunSpec) -> dict:
@@ -441,9 +490,10 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
     the last commit even while a writer has uncommitted changes (the journal
     and lock say so).  If the store cannot be opened read-only (e.g. a crashed
     writer left parameters the last commit does not cover), ``error`` says why.
+    A live writer that commits while the store is read is waited out (a few
+    tries), not reported as an error.
     """
-    from .errors import StoreError
-    from .store import open_store
+    from .errors import StoreError, StoreFormatError
     from .store.durable import lock_holder
 
     p = Path(path)
@@ -457,15 +507,37 @@ def inspect_store(path, *, backend: str | None = None, verify: bool = False) -> 
     out: dict = {"path": str(p), "backend": be, "disk_bytes": disk_bytes(p, be), "files": len(store_files(p, be))}
     pid = lock_holder(lock)  # the lock file's pid outlives its writer: ask who holds the lock now
     out["lock"] = {"pid": pid, "running": pid is not None}
-    out["journal"] = {"exists": journal.exists(), "bytes": journal.stat().st_size if journal.exists() else 0}
-    try:
-        store = open_store(p, backend=be, read_only=True)
-    except StoreError as exc:
-        out["error"] = str(exc)
-        if verify:  # a store that cannot even be opened does not pass verification
-            out["verify"] = {"ok": False, "bad": [], "error": str(exc)}
-        return out
-    with store:
+    try:  # a writer may create or delete it at any moment
+        out["journal"] = {"exists": True, "bytes": journal.stat().st_size}
+    except FileNotFoundError:
+        out["journal"] = {"exists": False, "bytes": 0}
+    for attempt in range(_INSPECT_TRIES):
+        try:
+            out.update(_read_store(p, be, verify))
+            return out
+        except StoreError as exc:
+            # A live writer's commit in between (a read-only store sees its generation move) is not damage:
+            # look again.  Damage (StoreFormatError) is told at once, and so is the last failure.
+            if (attempt + 1 < _INSPECT_TRIES and not isinstance(exc, StoreFormatError)
+                    and lock_holder(lock) is not None):
+                time.sleep(0.2)
+                continue
+            out["error"] = str(exc)
+            if verify:  # a store that cannot even be opened does not pass verification
+                out["verify"] = {"ok": False, "bad": [], "error": str(exc)}
+            return out
+    return out  # pragma: no cover - the loop returns
+
+
+#: Times ``inspect`` reads a store that a live writer keeps committing before it reports the error.
+_INSPECT_TRIES = 5
+
+
+def _read_store(p: Path, be: str, verify: bool) -> dict:
+    from .store import open_store
+
+    out: dict = {}
+    with open_store(p, backend=be, read_only=True) as store:
         out["last_commit"] = store.last_commit
         params = []
         for key in sorted(store.keys()):

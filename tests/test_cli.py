@@ -69,7 +69,10 @@ def test_train_learns_and_prints_json(tmp_path, capsys):
         assert st.last_commit["step"] == 126
         assert st.last_commit["metadata"]["run"] == {"epoch": 2, "batch": 0, "examples": 8000, "done": True,
                                                      "config": str(cfg), "batch_size": 64, "shuffle_buffer": 500,
-                                                     "seed": 0}
+                                                     "seed": 0, "optimizer": "rowwise_adagrad",
+                                                     "layers": [["embedding", {"activation": "tanh", "dim": 16,
+                                                                               "n_words": V}],
+                                                                ["dense", {"n_in": 16, "n_out": CLASSES}]]}
 
 
 def test_train_text_summary_and_progress_bar(tmp_path, capsys, monkeypatch):
@@ -176,6 +179,90 @@ def test_resuming_with_fewer_epochs_than_the_position_reached_is_refused(tmp_pat
     cfg = make_task(tmp_path, training__epochs=2)  # as many as the position needs: goes on
     rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume", "--json")
     assert rc == 0 and json.loads(out)["step"] == 126
+
+
+def _files(folder: Path) -> dict:
+    return {f.relative_to(folder): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+            and f.name != "lock"}  # (the lock file holds the last opener's pid)
+
+
+@pytest.mark.parametrize("change", ["renamed layer", "added layer", "activation", "optimizer"])
+def test_resuming_a_different_model_is_refused_before_anything_changes(change, tmp_path, capsys):
+    """A renamed or added layer made the model create its parameters -- and commit them without the run's
+    data position, so --resume started the data over; other settings trained on under the old ones."""
+    cfg = make_task(tmp_path, training__max_steps=50)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    before = _files(tmp_path / "params")
+    layers = [{"type": "embedding", "n_words": V, "dim": 16, "activation": "tanh"},
+              {"type": "dense", "n_in": 16, "n_out": CLASSES}]
+    overrides = {}
+    if change == "renamed layer":
+        layers[1]["name"] = "head"
+    elif change == "added layer":
+        layers[1:] = [{"type": "dense", "n_in": 16, "n_out": 16, "activation": "tanh"},
+                      {"type": "dense", "n_in": 16, "n_out": CLASSES}]
+    elif change == "activation":
+        layers[0]["activation"] = "relu"
+    else:
+        overrides["optimizer__type"] = "sgd"
+    cfg = make_task(tmp_path, model__layers=layers, **overrides)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume")
+    assert rc == 2, err
+    assert "--resume" in err and "--overwrite" in err and "Traceback" not in err
+    assert ("has no parameter" in err) if "layer" in change else ("trained with other settings" in err)
+    assert _files(tmp_path / "params") == before  # nothing written: the position is still there
+    cfg = make_task(tmp_path)  # the model it was trained with: goes on from step 50
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume", "--json")
+    assert rc == 0 and json.loads(out)["resumed_from"] == 50 and json.loads(out)["step"] == 126, err
+
+
+@pytest.mark.parametrize("backend", ["memmap", "hdf5"])
+def test_a_model_that_fails_to_build_leaves_no_store_behind(backend, tmp_path, capsys):
+    store = "runs/a/params" + (".h5" if backend == "hdf5" else "")
+    cfg = make_task(tmp_path, store__path=store, store__budget=10)
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "too small" in err
+    assert not (tmp_path / "runs").exists()  # nor the folders made for it
+    cfg = make_task(tmp_path, store__path=store)  # fixed: a first run again, no --overwrite needed
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--json")
+    assert rc == 0 and json.loads(out)["step"] == 126, err
+
+
+def test_inspect_tolerates_a_journal_that_vanishes_and_waits_out_a_writers_commit(tmp_path, capsys, monkeypatch):
+    from oocnet import run
+    from oocnet.errors import StoreError
+    from oocnet.store import files
+
+    cfg = make_task(tmp_path, training__max_steps=5)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    real_files = files.store_files
+
+    def with_a_vanished_file(path, backend=None):  # listed, then gone before its stat
+        return [*real_files(path, backend), Path(path) / "journal"]
+
+    monkeypatch.setattr(run, "store_files", with_a_vanished_file)
+    monkeypatch.setattr(files, "store_files", with_a_vanished_file)
+    info = run.inspect_store(tmp_path / "params", verify=True)
+    assert info["verify"]["ok"] and not info["journal"]["exists"]
+    monkeypatch.undo()
+    real_read, calls = run._read_store, []
+
+    def busy(*a):  # a writer commits while the first two reads run
+        calls.append(1)
+        if len(calls) <= 2:
+            raise StoreError("params was committed by its writer since this read-only store was opened")
+        return real_read(*a)
+
+    monkeypatch.setattr(run, "_read_store", busy)
+    monkeypatch.setattr(run.time, "sleep", lambda s: None)
+    import oocnet.store.durable as durable
+    monkeypatch.setattr(durable, "lock_holder", lambda lock: 12345)  # a live writer holds the lock
+    info = run.inspect_store(tmp_path / "params", verify=True)
+    assert len(calls) == 3 and info["verify"]["ok"] and "error" not in info
+    monkeypatch.setattr(durable, "lock_holder", lambda lock: None)  # no writer: the error is told at once
+    calls.clear()
+    info = run.inspect_store(tmp_path / "params", verify=True)
+    assert len(calls) == 1 and not info["verify"]["ok"] and "committed by its writer" in info["error"]
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):

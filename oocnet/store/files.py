@@ -97,7 +97,10 @@ def disk_bytes(path, backend: str | None = None) -> int:
     """Bytes the store's files take on disk (allocated blocks, so sparse files count what they use)."""
     total = 0
     for f in store_files(path, backend):
-        st = f.stat()
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # removed since the listing: a writer's journal or temp file
+            continue
         total += getattr(st, "st_blocks", 0) * 512 or st.st_size
     return total
 
