@@ -319,6 +319,10 @@ def _validate(store, name, rank, energy, budget, method, oversample, power_iters
     if len({name, u_key, v_key}) != 3:
         raise ConfigError(f"u_key, v_key and the parameter must be three different keys, got {u_key!r}, {v_key!r} "
                           f"for {name!r}.")
+    for what, key in (("u_key", u_key), ("v_key", v_key)):
+        if ":" in key:  # "<param>:<state>" is optimizer state: drop=True would delete a factor named so
+            raise ConfigError(f"{what} {key!r} has a ':', which names optimizer state ('<parameter>:<state>'); "
+                              f"choose a key without one (the default is {du if what == 'u_key' else dv!r}).")
     _check_new_key(store, u_key, "u_key")
     _check_new_key(store, v_key, "v_key")
     if scratch is None:
@@ -802,7 +806,8 @@ def factorize(store: Store, name: str, rank: int | None = None, energy: float | 
         also writes U); else estimate it from ``||W||_F²`` and the sketch.
     u_key, v_key : str, optional
         Output keys; default ``"<layer>/U"`` and ``"<layer>/V"`` when ``name`` is
-        ``"<layer>/W"``, else ``name + "_U"`` and ``name + "_V"``.  Must not exist.
+        ``"<layer>/W"``, else ``name + "_U"`` and ``name + "_V"``.  Must not exist,
+        nor hold a ``':'`` (which names optimizer state, ``"<parameter>:<state>"``).
     scratch : Store, optional
         Where the randomized path keeps its temporaries, the m x k basis and
         TSQR's small factors (default: ``store``).
@@ -860,7 +865,7 @@ def factorize(store: Store, name: str, rank: int | None = None, energy: float | 
     _commit(p.store)  # U and V are durable before anything else happens
     dropped: list[str] = []
     if p.drop:
-        dropped = [p.name] + [k for k in p.store.keys() if k.startswith(p.name + ":")]
+        dropped = [p.name] + [k for k in p.store.keys() if k.startswith(p.name + ":") and k not in (p.u_key, p.v_key)]
         for key in dropped:
             p.store.delete(key)
         _commit(p.store)

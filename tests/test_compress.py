@@ -302,6 +302,10 @@ def test_report_summary_names_the_figures():
         ({"rank": 3, "u_key": "x", "v_key": "x"}, ConfigError, "three different keys"),
         ({"rank": 3, "u_key": "dense_0/b"}, ParameterExists, "'dense_0/b' already exists"),
         ({"rank": 3, "u_key": "dense_0/b/U"}, ConfigError, "path prefix"),
+        # "<param>:<state>" is optimizer state, which drop=True deletes with W: a factor named so went too
+        ({"rank": 3, "u_key": "dense_0/W:U", "v_key": "dense_0/W:V", "drop": True}, ConfigError,
+         r"u_key 'dense_0/W:U' has a ':', which names optimizer state"),
+        ({"rank": 3, "v_key": "other:V"}, ConfigError, "v_key 'other:V' has a ':'"),
         ({"rank": 3, "budget": 4096, "method": "exact"}, BudgetError, "exact SVD of 'dense_0/W'"),
         ({"rank": 3, "budget": 4096}, BudgetError, r"needs a budget of at least \d+ bytes"),
         ({"energy": 0.5, "budget": 20000, "method": "randomized"}, BudgetError, "sketch width 42"),
