@@ -78,6 +78,10 @@ class StoreClosedError(StoreError):
     """The store was used after :meth:`close`."""
 
 
+class OocnetWarning(UserWarning):
+    """Something oocnet did that may not be what was meant (it goes on; ``warnings`` can make it an error)."""
+
+
 __all__ = [
     "OocnetError",
     "ConfigError",
@@ -94,4 +98,5 @@ __all__ = [
     "ParameterNotFound",
     "ParameterExists",
     "StoreClosedError",
+    "OocnetWarning",
 ]

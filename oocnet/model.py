@@ -16,13 +16,15 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
 
 from ._arrays import check_finite
 from .activations import ACTIVATIONS
-from .errors import BudgetError, ConfigError, InputError, NumericalError, OocnetError, ReadOnlyError, ShapeError
+from .errors import (BudgetError, ConfigError, InputError, NumericalError, OocnetError, OocnetWarning, ReadOnlyError,
+                     ShapeError)
 from .init import row_initializer
 from .store.rowinit import RowInit
 from .layers.base import Layer, ParamAccess
@@ -205,6 +207,15 @@ class Sequential:
             raise ReadOnlyError(f"the read-only store has no parameter {missing[0]!r} (the model's layers do not "
                                 f"match the store's: it holds {sorted(self.store.keys())[:6]!r}); a read-only "
                                 f"store cannot create it.")
+        held = sorted(k for k in self.store.keys() if ":" not in k)
+        if missing and held:  # a store with a model in it, but not all of this one: say so
+            alien = [k for k in held if k not in self._param_infos]
+            warnings.warn(
+                f"the store holds {len(held)} parameter(s) but not this model's {missing[:4]!r}: they start from "
+                f"their initial values"
+                + (f", while the store's {alien[:4]!r} belong to no layer of this model (a layer renamed? give it "
+                   f"its old name=)" if alien else "") + ".",
+                OocnetWarning, stacklevel=3)
         created = False
         for key, info in self._param_infos.items():
             if key not in self.store:

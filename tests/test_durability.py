@@ -808,6 +808,29 @@ def test_a_call_made_from_inside_a_step_is_refused_and_changes_nothing(tmp_path)
     model.close()
 
 
+def test_reopening_a_store_with_only_part_of_the_model_warns(tmp_path):
+    """A layer renamed (or a name= forgotten after compressing) made fresh parameters beside the trained ones,
+    silently."""
+    import warnings
+
+    model = _small(tmp_path / "p")
+    model.train_step(_XS, _YS, "softmax_cross_entropy", oc.SGD(0.1))
+    model.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same model: no warning
+        _small(tmp_path / "p").close()
+    renamed = [oc.Dense(30, 20, activation="tanh"), oc.Dense(20, 2, name="head")]
+    with pytest.warns(oc.errors.OocnetWarning, match=r"not this model's \['head/W', 'head/b'\]: they start from "
+                                                      r"their initial values, while the store's \['dense_1/W', "
+                                                      r"'dense_1/b'\] belong to no layer"):
+        m = oc.Sequential(renamed, store=tmp_path / "p", dtype="float64", seed=3)
+    assert m.step == 1  # it goes on (a new head on a trained body is a use too)
+    m.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        oc.Sequential([oc.Dense(3, 2)], store=tmp_path / "new", dtype="float64").close()  # an empty store: none
+
+
 def test_a_second_model_on_the_same_store_object_is_refused(tmp_path):
     with open_store(tmp_path / "p") as s:
         a = _small(s)
