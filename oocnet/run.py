@@ -208,8 +208,9 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                 f"to delete it and start over."
             )
     dataset = open_data(spec, "train")
+    test_data = None
     if evaluate_test and spec.data.test is not None:
-        open_data(spec, "test")  # a missing or malformed test file is told now, not after the training
+        test_data = open_data(spec, "test")  # a missing or malformed test file is told now, not after training
     if dataset.n_rows == 0:
         raise InputError(f"the training data {spec.data.train} holds no examples.")
     loss, opt = spec.build_loss(), spec.build_optimizer()
@@ -233,6 +234,8 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     untrained_new_store = False  # a store this call created, failing before its first step: removed again
     here = None  # (model.step before the step in hand, the data position before it, and after it)
     try:
+        if test_data is not None:
+            _check_first_batch(model, loss, test_data, spec, spec.data.test)
         start_epoch, skip, resumed_from = 0, 0, None
         meta = (model.last_commit.get("metadata") or {}).get("run") if resume else None
         if resume and model.step > 0:
@@ -278,13 +281,15 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     with phase("data", None):
                         item = next(it, None)
                         if item is not None:
-                            X, y = _prepare(model, loss, *item, spec.data.label_offset)
+                            with _where(spec, epoch, batch_no):
+                                X, y = _prepare(model, loss, *item, spec.data.label_offset)
                     if item is None:
                         break
                     # The position before and after this step: whatever stops the run from here on,
                     # model.step says which of the two the parameters are at (see the except below).
                     here = (model.step, (epoch, batch_no, examples), (epoch, batch_no + 1, examples + X.shape[0]))
-                    value = model.train_step(X, y, loss, opt, trace=trace if track_accuracy else None)
+                    with _where(spec, epoch, batch_no):  # its checks come before any change
+                        value = model.train_step(X, y, loss, opt, trace=trace if track_accuracy else None)
                     n = X.shape[0]
                     per_example = value if loss.reduction == "mean" else value / n
                     epoch_loss += per_example * n
@@ -361,6 +366,31 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
     if on_disk:
         summary["disk_bytes"] = disk_bytes(st.path, st.backend)
     return summary
+
+
+@contextlib.contextmanager
+def _where(spec: RunSpec, epoch: int, batch: int):
+    """Say where in the data a bad batch (labels out of range, say) was: the checks name no file or line."""
+    try:
+        yield
+    except InputError as exc:
+        bs = spec.training.batch_size
+        order = " of the epoch's shuffled order" if spec.training.shuffle_buffer > 1 else ""
+        raise InputError(f"{spec.data.train}: epoch {epoch}, batch {batch} (examples {batch * bs:,}.."
+                         f"{(batch + 1) * bs - 1:,}{order}): {exc}") from exc
+
+
+def _check_first_batch(model, loss, ds, spec: RunSpec, path) -> None:
+    """Read and check the first batch of ``ds`` now, so that a file that is wrong from its start (indices
+    one-based where zero-based was said, labels out of range) is told before training, not after it."""
+    first = next(iter(_data.batches(ds, spec.training.batch_size)), None)
+    if first is None:
+        return
+    try:
+        X, y = _prepare(model, loss, *first, spec.data.label_offset)
+        model._check_batch(X, y, loss)
+    except InputError as exc:
+        raise InputError(f"{path}: its first batch: {exc}") from exc
 
 
 def _remove_new_store(st, made: list) -> None:

@@ -265,6 +265,33 @@ def test_inspect_tolerates_a_journal_that_vanishes_and_waits_out_a_writers_commi
     assert len(calls) == 1 and not info["verify"]["ok"] and "committed by its writer" in info["error"]
 
 
+@pytest.mark.parametrize("bad", ["index", "label"])
+def test_a_test_file_wrong_from_its_start_is_told_before_training(bad, tmp_path, capsys):
+    """It was parsed only at the evaluation after training: a whole run, then exit 2 and no summary."""
+    cfg = make_task(tmp_path)
+    lines = (tmp_path / "test.svm").read_text().splitlines(keepends=True)
+    lines[5] = f"1 {V + 1}:1\n" if bad == "index" else f"{CLASSES} 3:1\n"
+    (tmp_path / "test.svm").write_text("".join(lines))
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2 and "Traceback" not in err
+    assert "test.svm" in err and (f"feature index {V + 1} is out of range" in err if bad == "index" else
+                                   f"labels must lie in [0, {CLASSES})" in err and "its first batch" in err), err
+    assert not (tmp_path / "params").exists()  # refused before the first step: no store left
+
+
+def test_a_bad_label_in_the_training_data_names_the_file_and_batch(tmp_path, capsys):
+    cfg = make_task(tmp_path, training__shuffle_buffer=0, training__commit_every=10)
+    lines = (tmp_path / "train.svm").read_text().splitlines(keepends=True)
+    lines[64 * 30 + 5] = f"{CLASSES} 3:1\n"  # in batch 30 of epoch 0
+    (tmp_path / "train.svm").write_text("".join(lines))
+    rc, out, err = run_cli(capsys, "train", cfg, "--no-progress")
+    assert rc == 2
+    assert f"train.svm: epoch 0, batch 30 (examples 1,920..1,983): softmax_cross_entropy labels must lie in " \
+           f"[0, {CLASSES})" in err, err
+    with oc.open_store(tmp_path / "params", read_only=True) as st:  # the 30 steps before it are kept
+        assert st.last_commit["step"] == 30 and st.last_commit["metadata"]["run"]["batch"] == 30
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path, capsys):
     """Stopped after 50 steps, then resumed: the same parameters as one uninterrupted run."""
     whole = tmp_path / "whole"
