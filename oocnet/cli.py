@@ -132,7 +132,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     info = run.inspect_store(args.store, verify=args.verify)
     _print_result(args, info, run.format_inspect)
-    return 0 if info.get("verify", {}).get("ok", True) else 1
+    # 1: the store cannot be opened (damaged, or not an oocnet store), or --verify found a bad checksum
+    return 1 if "error" in info or not info.get("verify", {}).get("ok", True) else 0
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:

@@ -514,6 +514,20 @@ def test_inspect_verify_fails_on_a_damaged_store(tmp_path, capsys):
     assert rc == 1 and "verify     failed" in out
 
 
+def test_inspect_exits_1_when_the_store_cannot_be_opened(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "data.h5", "w") as f:  # an HDF5 file, but no oocnet store
+        f["X"] = np.ones((3, 2))
+    rc, out, err = run_cli(capsys, "inspect", tmp_path / "data.h5")
+    assert rc == 1 and "cannot be listed read-only" in out and "oocnet_format" in out
+    cfg = make_task(tmp_path, training__epochs=1)
+    assert run_cli(capsys, "train", cfg, "--no-progress")[0] == 0
+    (tmp_path / "params" / "manifest.json").write_text("{ not json")  # damaged: no --verify needed to tell
+    rc, out, err = run_cli(capsys, "inspect", tmp_path / "params")
+    assert rc == 1 and "cannot be listed read-only" in out
+
+
 def test_empty_training_data_is_an_error_and_leaves_no_store(tmp_path, capsys):
     cfg = make_task(tmp_path, training__epochs=1)
     (tmp_path / "train.svm").write_text("# nothing here\n")
