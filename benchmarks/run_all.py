@@ -1,8 +1,8 @@
 """Regenerate every table in benchmarks/README.md: run each benchmark script, then the demo.
 
 Each script runs as its own subprocess with the arguments its README table was made
-with, and ``--write-readme`` where it supports it (paging, sparse, durability,
-outputs, svd), so each table is replaced between its ``<!-- name:start -->`` and
+with, and ``--write-readme`` where it supports it (paging, sparse, row_floor,
+durability, outputs, svd), so each table is replaced between its ``<!-- name:start -->`` and
 ``<!-- name:end -->`` markers with the machine (cores, RAM, disk) and the command
 that made it.  ``hdf5_index.py`` only prints its table; this script puts it
 between the ``hdf5_index`` markers itself, as it does the ``oocnet demo`` table.
@@ -43,6 +43,7 @@ BENCHMARKS = {
     "sparse_steady": ("sparse.py", "--vocab 1000000,10000000 --backends memmap,hdf5,torch --steps 300 --warmup 3000 "
                                    "--readme-block sparse-steady",
                       "--vocab 100000 --backends memmap --steps 20 --warmup 100", True),
+    "row_floor": ("row_floor.py", "", "--vocab 100000 --rows 2000 --rounds 2 --steps 30 --warmup 100", True),
     "hdf5_index": ("hdf5_index.py", "--writes", "--sizes 1000,10000 --no-cold --writes", False),
     "durability": ("durability.py", "--steps 400 --warmup 200", "--steps 40 --warmup 20", True),
     "outputs": ("outputs.py", "", "--configs 100000:sampled,100000:negative", True),
