@@ -592,7 +592,7 @@ class Sequential:
         access = self._access(out, tiles, opt, suffixes, record, training=train)
         grads = self._user_grads(s_list, z_list, top) if train else {}  # before the output layer updates
         value, dx = out.fused(access, inp, y, loss, train=train)
-        if not np.isfinite(value):
+        if train and not np.isfinite(value):  # (an evaluation returns it, as a dense last layer's does)
             raise NumericalError(f"the loss is {value}; lower the learning rate or check the inputs' scale.")
         if train and top > 0:
             delta = dx * self._fprime(top - 1, s_list, z_list, grads)

@@ -241,9 +241,24 @@ def test_a_sampled_step_refused_for_budget_changes_nothing_and_keeps_the_model_c
     with pytest.raises(BudgetError):
         model.train_step([[1]], [3], oc.SampledSoftmax(20, sampler), oc.SGD(0.1))
     assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    # nor did it use up the sampler's draws: a retry (with a larger budget) draws what a fresh run draws
+    np.testing.assert_array_equal(sampler.sample(20), UnigramSampler(np.ones(64), seed=1).sample(20))
     model.commit()  # the refused step left nothing half-applied
     assert model.last_commit["step"] == 1
     model.close()
+
+
+def test_evaluate_returns_a_non_finite_loss_as_a_dense_last_layer_does():
+    """Output's evaluate raised NumericalError ("before this step's update") where Dense returned nan."""
+    big = 1e30
+    for last in (oc.Output(2, 3), oc.Dense(2, 3)):
+        model = oc.Sequential([oc.Dense(2, 2), last], dtype="float32", seed=0)
+        state = {k: np.full(v.shape, big, np.float32) for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        value = model.evaluate(np.ones((2, 2), np.float32), [0, 1], oc.SoftmaxCrossEntropy())
+        assert not np.isfinite(value), type(last).__name__
+        with pytest.raises(oc.errors.NumericalError):  # training on it is still refused
+            model.train_step(np.ones((2, 2), np.float32), [0, 1], oc.SoftmaxCrossEntropy(), oc.SGD(0.1))
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adagrad"])

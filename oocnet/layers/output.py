@@ -39,9 +39,10 @@ from .base import Layer, ParamSpec, _check_width
 LOGIT_BYTES = 8 * 2**20
 
 
-def _check_loss_value(value: float) -> None:
-    """Refuse a non-finite loss before the gradient pass: nothing has been updated yet."""
-    if not np.isfinite(value):
+def _check_loss_value(value: float, train: bool) -> None:
+    """Refuse a non-finite loss before the gradient pass: nothing has been updated yet.  An evaluation
+    returns it, as a dense last layer's does."""
+    if train and not np.isfinite(value):
         raise NumericalError(
             f"the loss is {value} before this step's update; parameters were not changed. "
             f"Lower the learning rate or check the inputs' scale."
@@ -192,11 +193,11 @@ class Output(Layer):
 
         self._stream(access, x, pass1)
         lse = m + np.log(s)
-        _check_loss_value(float(np.sum(lse)))  # an overflowed normaliser leaves either loss undefined
+        _check_loss_value(float(np.sum(lse)), train)  # an overflowed normaliser leaves either loss undefined
         hinge = isinstance(loss, SoftmaxMarginHinge)
         if not hinge:
             value = float(np.sum(lse - o_y)) * scale
-            _check_loss_value(value)
+            _check_loss_value(value, train)
             if not train:
                 return value, None
 
@@ -229,7 +230,7 @@ class Output(Layer):
 
         self._stream(access, x, pass2)
         value = total * scale
-        _check_loss_value(value)
+        _check_loss_value(value, train)
         if not train:
             return value, None
         gp = active_p - count * p_y  # <g, p> with g = dJ/dp
@@ -254,17 +255,26 @@ class Output(Layer):
         n = x.shape[0]
         scale = 1.0 / n if loss.reduction == "mean" else 1.0
         sampler = loss.sampler  # its size was checked against n_classes before the step began
+        rng = getattr(sampler, "_rng", None)
+        drawn_from = None if rng is None else rng.bit_generator.state
         if hasattr(loss, "n_samples"):
             drawn = sampler.sample(loss.n_samples)
             cand = np.unique(np.concatenate([y, drawn]))
         else:
             drawn = sampler.sample(n * loss.k).reshape(n, loss.k)
             cand = np.unique(np.concatenate([y, drawn.reshape(-1)]))
-        W = access.gather("W", cand)
+        try:
+            W = access.gather("W", cand)
+        except BaseException:  # refused (over budget, say) before anything moved: a retry draws the same
+            if drawn_from is not None:
+                rng.bit_generator.state = drawn_from
+            raise
         try:
             bv = access.gather("b", cand) if self.bias else None
         except BaseException:
             access.release("W", cand)
+            if drawn_from is not None:
+                rng.bit_generator.state = drawn_from
             raise
         try:
             yi = np.searchsorted(cand, y)
@@ -283,7 +293,7 @@ class Output(Layer):
             idx = np.concatenate([yi, others.reshape(-1)])
             gW = segment_sum(idx, np.concatenate([dW_y, dW_o.reshape(-1, self.n_in)]), cand.size)
             gb = segment_sum(idx, np.concatenate([db_y, db_o.reshape(-1)]), cand.size)
-            _check_loss_value(value)
+            _check_loss_value(value, True)
         except BaseException:
             access.release("W", cand)
             if self.bias:
