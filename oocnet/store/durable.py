@@ -727,7 +727,8 @@ class DurableStore:
             shown = ", ".join(f"{k} ({lbl})" for k, lbl in bad[:5])
             raise ChecksumError(
                 f"store {self.path} fails verification: {len(bad)} block(s) differ from the checksums of the "
-                f"last commit: {shown}. Open with allow_corrupt=True to read it anyway."
+                f"last commit: {shown}. To read it anyway, open it from Python with "
+                f"oocnet.open_store(path, allow_corrupt=True)."
             )
 
     def _check_blocks(self, blocks: list[tuple[str, int]]) -> list[tuple[str, str]]:
