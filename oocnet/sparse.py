@@ -45,14 +45,24 @@ def _raw(X, n_cols: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
         if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(X.dtype, np.complexfloating):
             raise InputError(f"a sparse batch must hold real numbers, got dtype {X.dtype}.")
         csr = X if X.format == "csr" else sp.csr_matrix(X)
-        if not csr.has_canonical_format or not csr.data.all():
+        indptr = np.asarray(csr.indptr)
+        nnz = int(indptr[-1]) if indptr.ndim == 1 and indptr.size else -1
+        if (indptr.ndim != 1 or indptr.size != X.shape[0] + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
+                or nnz > min(np.size(csr.indices), np.size(csr.data))):
+            raise InputError(f"a sparse batch's CSR structure is malformed: indptr must hold rows + 1 = "
+                             f"{X.shape[0] + 1} offsets from 0, never decreasing, up to at most the "
+                             f"{np.size(csr.indices)} indices; got {indptr.size} offsets ending at {nnz}.")
+        # Entries past indptr[-1] (scipy allows them) are no part of the matrix, as X.toarray() shows.
+        data, indices = np.asarray(csr.data)[:nnz], np.asarray(csr.indices)[:nnz]
+        if not csr.has_canonical_format or not data.all() or nnz < np.size(csr.indices):
             # A stored zero (or duplicates summing to zero) is no entry: it must not make a row
             # "touched" (lazy optimizers move touched rows only) -- X.toarray() is what counts.
-            csr = sp.csr_matrix((csr.data, csr.indices, csr.indptr), shape=csr.shape, copy=True)
+            csr = sp.csr_matrix((data, indices, indptr), shape=csr.shape, copy=True)
             csr.sum_duplicates()
             csr.eliminate_zeros()
-        indices = _check_ids(np.asarray(csr.indices), n_cols, "ids")
-        src, indptr, n = np.asarray(csr.data), np.asarray(csr.indptr, dtype=np.int64), X.shape[0]
+            data, indices, indptr = csr.data, csr.indices, csr.indptr
+        indices = _check_ids(np.asarray(indices), n_cols, "ids")
+        src, indptr, n = np.asarray(data), np.asarray(indptr, dtype=np.int64), X.shape[0]
     elif isinstance(X, (list, tuple)) and (len(X) == 0 or isinstance(X[0], (list, tuple, np.ndarray))):
         rows = []
         for i, r in enumerate(X):

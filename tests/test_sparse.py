@@ -320,6 +320,38 @@ def test_stored_zeros_do_not_touch_rows_for_lazy_optimizers(opt):
     assert prepare(stored_zero, 5).rows.tolist() == [2]
 
 
+@pytest.mark.parametrize("opt", [lambda: oc.Adam(0.1), lambda: oc.SGD(0.1, momentum=0.9)])
+def test_entries_past_indptr_end_are_no_part_of_the_batch(opt):
+    """scipy lets indices/data run past indptr[-1]; X.toarray() ignores them, and so must a step."""
+    tail = sp.csr_matrix((np.ones(3), np.array([1, 2, 3]), np.array([0, 1, 3])), shape=(2, 10))
+    tail.indptr[-1] = 2  # id 3 is stored, but past the end
+    far = sp.csr_matrix((np.ones(3), np.array([1, 2, 99]), np.array([0, 1, 2])), shape=(2, 10))  # out of range
+    got = []
+    for X in (sp.csr_matrix(tail.toarray()), tail, far):
+        model = oc.Sequential([oc.Embedding(10, 3), oc.Dense(3, 2)], dtype="float64", seed=0)
+        o = opt()
+        model.train_step([[3]], [0], "softmax_cross_entropy", o)  # row 3 gets moments / velocity
+        model.train_step(X, [0, 1], "softmax_cross_entropy", o)
+        got.append(model.state_dict(include_state=True))
+    for other in got[1:]:
+        for k in got[0]:
+            np.testing.assert_array_equal(other[k], got[0][k], err_msg=k)
+
+
+def test_a_malformed_csr_structure_is_an_input_error():
+    model = oc.Sequential([oc.Embedding(50, 3), oc.Dense(3, 2)], dtype="float64", seed=0)
+    before = model.state_dict()
+    decreasing = sp.csr_matrix((np.ones(2), np.array([1, 2]), np.array([0, 2, 1])), shape=(2, 50))
+    short = sp.csr_matrix((np.ones(2), np.array([1, 2]), np.array([0, 1, 2])), shape=(2, 50))
+    short.indptr[-1] = 5  # past the 2 indices
+    for X in (decreasing, short):
+        for call in (lambda: model.predict(X), lambda: model.train_step(X, [0, 1], "softmax_cross_entropy",
+                                                                         oc.SGD(0.1))):
+            with pytest.raises(InputError, match="CSR structure is malformed"):
+                call()
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items()) and model.step == 0
+
+
 def test_complex_and_wrapping_ids_are_input_errors():
     with pytest.raises(InputError, match="real numbers"):
         prepare(sp.csr_matrix(np.eye(2, 10, dtype=complex)), 10)
