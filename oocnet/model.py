@@ -555,12 +555,15 @@ class Sequential:
         self._configure_row_caches(opt)
         self._changing = False  # set by the first update of this step (ParamAccess.on_update)
         try:
-            if self._fuses(loss):
-                value = self._fused_step(x, y, loss, tiles, opt, suffixes, trace=trace)
-            else:
-                s_list, z_list = self._forward(x, tiles, trace, training=True)
-                value, delta = self._loss_and_delta(s_list, z_list, y, loss)
-                self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
+            # numpy's overflow warnings would escape as exceptions under warnings-as-errors, half-way through an
+            # update; the step's own checks (the loss, each updated block) raise NumericalError instead.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if self._fuses(loss):
+                    value = self._fused_step(x, y, loss, tiles, opt, suffixes, trace=trace)
+                else:
+                    s_list, z_list = self._forward(x, tiles, trace, training=True)
+                    value, delta = self._loss_and_delta(s_list, z_list, y, loss)
+                    self._backward(x, s_list, z_list, delta, tiles, opt, suffixes, trace=trace)
         except BaseException:
             if self._changing:
                 # Raised after some parameters moved: half-applied. Sticky -- later steps do not make
@@ -612,6 +615,7 @@ class Sequential:
         first = self.layers[0]
         keys = [f"{first.name}/{spec.name}" for spec in first.params() if spec.sparse]
         all_states = self._state_infos(opt)
+        floor = self._min_budget(all_states)  # a budget below the optimizer's minimum is told that first
         need = len(x.rows) * sum(self._group_row_nbytes(self._param_infos[k], all_states[k]) for k in keys)
         key = keys[0] if len(keys) == 1 else str(keys)
         room, _ = self._budget_split(opt)
@@ -625,7 +629,7 @@ class Sequential:
             raise BudgetError(
                 f"this batch touches {len(x.rows)} rows of {key!r}, which {held} {format_bytes(need)} {when}, "
                 f"more than the {format_bytes(room)} of the budget left for them; use smaller batches or a "
-                f"budget >= {2 * need} bytes."
+                f"budget >= {max(2 * need, floor)} bytes."
             )
 
     def _grow_batch_room(self, need: int, opt: Optimizer | None) -> int:

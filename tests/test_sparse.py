@@ -384,6 +384,28 @@ def test_the_smallest_budget_a_model_accepts_runs_a_one_row_batch(dtype, tmp_pat
     model.close()
 
 
+@pytest.mark.parametrize("opt", [oc.Adam, oc.RowwiseAdagrad])
+def test_the_budget_a_first_step_names_for_an_optimizer_with_state_works(opt, tmp_path):
+    """It named twice the batch's rows, which an optimizer's state rows can need more than: a budget it named
+    was itself refused."""
+    import re
+
+    budget, tried = 512, []
+    while True:
+        model = oc.Sequential([oc.Embedding(5000, 16), oc.Dense(16, 3)], store=tmp_path / f"p{budget}",
+                              budget=budget, dtype="float64")
+        try:
+            model.train_step([[1]], [0], "softmax_cross_entropy", opt())
+            break
+        except oc.errors.BudgetError as exc:
+            tried.append(budget)
+            budget = int(re.search(r"budget >= (\d+) bytes", str(exc)).group(1))
+            assert budget > tried[-1]
+        finally:
+            model.close()
+    assert len(tried) == 1, tried  # the first refusal named a budget that works
+
+
 def test_a_batch_larger_than_the_default_room_is_taken_from_the_row_caches_when_the_budget_holds_it(tmp_path):
     """A batch's gathered rows may use up to half the budget, not just 32 MiB; the refusal names a budget that works."""
     import re
