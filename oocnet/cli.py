@@ -164,8 +164,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise ConfigError("expected CONFIG.toml (profiles oocnet train CONFIG) or -- COMMAND (e.g. -- python "
                           "script.py).")
     if command is not None:
+        # With the report as JSON on stdout, the command's own output goes to stderr: stdout stays one document.
         report = profile.profile_command(command, interval=args.interval, trace_malloc=not args.no_tracemalloc,
-                                         instrument=not args.no_instrument)
+                                         instrument=not args.no_instrument,
+                                         stdout=2 if args.json == "-" else None)  # fd 2: stderr
     else:
         from . import config, run
 

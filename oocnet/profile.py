@@ -143,6 +143,10 @@ class RssSampler:
         Also read tracemalloc's own memory (this process, while it traces): then
         ``tracemalloc_at_peak`` is the most it reported up to the sample with
         the largest ``anon``.
+    tree : bool
+        Count the process's descendants too (a command run through a shell,
+        ``make`` or a wrapper script): each sample is the sum over the process
+        tree, whose members are listed again every few samples.
     """
 
     interval: float = 0.01
@@ -154,6 +158,10 @@ class RssSampler:
     uss_every: int = 0
     trace_malloc: bool = False
     tracemalloc_at_peak: int = 0
+    tree: bool = False
+
+    #: With ``tree``, the descendants are listed again every this many samples (a scan of /proc).
+    TREE_EVERY = 5
 
     def __post_init__(self) -> None:
         self.interval = check_interval(self.interval)
@@ -162,10 +170,27 @@ class RssSampler:
         self._t0 = 0.0
         self._n = 0
         self._tm_max = 0
+        self._kids: list[int] = []
+
+    def _memory(self) -> dict[str, int]:
+        m = memory_now(self.pid)
+        if not self.tree:
+            return m
+        if self._n % self.TREE_EVERY == 0:
+            try:
+                self._kids = [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+            except psutil.Error:
+                self._kids = []
+        for kid in self._kids:
+            st = _status_fields(kid)
+            if "VmRSS" in st:  # else gone since it was listed
+                for k, name in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
+                    m[k] += st.get(name, 0)
+        return m
 
     def sample(self) -> dict[str, int]:
         """Take one sample now."""
-        m = memory_now(self.pid)
+        m = self._memory()
         if self.trace_malloc and tracemalloc.is_tracing():
             self._tm_max = max(self._tm_max, tracemalloc.get_tracemalloc_memory())
             if m["anon"] > self.peak["anon"]:
@@ -500,17 +525,21 @@ def python_target(argv: list[str]) -> tuple[str, list[str]] | None:
 
 
 def profile_command(argv: list[str], *, interval: float = 0.01, trace_malloc: bool = True,
-                    instrument: bool = True) -> dict:
+                    instrument: bool = True, stdout=None) -> dict:
     """Run ``argv`` as a child process and profile its memory (see the module docstring).
+
+    ``stdout``: where the command's standard output goes (as ``subprocess.Popen``'s;
+    default: this process's), e.g. stderr when the report itself is printed as JSON.
 
     Returns
     -------
     dict
         As :meth:`Profiler.report`, with ``returncode`` and ``command``; peaks are the
         larger of what the child measured of itself and what was sampled from
-        outside (which also sees the interpreter's start and exit).  Without
-        instrumentation, ``phases``, ``layers``, ``io`` are empty and the baseline
-        is 0 (unknown).
+        outside: the whole process tree the command starts (a shell, ``make`` or
+        a wrapper and what they run, summed), the interpreter's start and exit
+        included.  Without instrumentation, ``phases``, ``layers``, ``io`` are
+        empty and the baseline is 0 (unknown).
     """
     from .errors import ConfigError
 
@@ -534,11 +563,11 @@ def profile_command(argv: list[str], *, interval: float = 0.01, trace_malloc: bo
         cmd = list(argv)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout)
     except OSError as exc:
         os.unlink(out_path)
         raise ConfigError(f"cannot run {argv[0]!r}: {exc.strerror or exc}.") from None
-    outside = RssSampler(interval, pid=proc.pid, uss_every=10).start()
+    outside = RssSampler(interval, pid=proc.pid, uss_every=10, tree=True).start()
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

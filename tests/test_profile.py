@@ -120,6 +120,21 @@ def test_profile_other_command_samples_from_outside(tmp_path, capsys):
     assert rep["baseline"]["anon"] == 0 and "not a Python script" in err
 
 
+def test_profile_counts_the_commands_process_tree_and_keeps_json_stdout_clean(tmp_path, capfd):
+    """A command run through a shell was measured as the shell alone (a 1.7 MiB peak for a 177 MiB job, and a
+    budget verdict of 'within'); and with --json -, the command's own output came first on stdout."""
+    hold = tmp_path / "hold.py"
+    hold.write_text("import time, numpy as np\nprint('hello from the child')\n"
+                    "a = np.ones(120 * 2**20 // 8)\ntime.sleep(0.4)\n")
+    rc = cli.main(["profile", "--json", "-", "--budget", "16MiB", "--allowance", "0", "--",
+                   "sh", "-c", f"{sys.executable} {hold}; true"])
+    out, err = capfd.readouterr()
+    rep = json.loads(out)  # stdout is the report alone
+    assert "hello from the child" in err and "hello" not in out
+    assert rep["peak"]["anon"] > 120 * 2**20  # the grandchild's array: the shell alone holds ~0.1 MiB
+    assert rc == 1 and not rep["budget"]["ok"]
+
+
 def test_profile_usage_errors(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "profile")
     assert rc == 2 and "expected CONFIG.toml" in err
