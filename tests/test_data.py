@@ -584,3 +584,45 @@ def test_array_formats_name_the_file_and_row_of_a_nan(tmp_path, fmt, what):
     message = "a feature value is NaN or inf" if what == "feature" else "the label is NaN or inf"
     with pytest.raises(InputError, match=rf"{ds.path}: row {bad_row} \(counting from 0\): {message}"):
         next(it)
+
+
+def test_a_truncated_npy_is_refused_when_opened(tmp_path):
+    """It opened fine and was refused at the missing row, after the rows before it were trained on."""
+    X = np.arange(2000 * 8, dtype=np.float32).reshape(2000, 8)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", np.zeros(2000))
+    data = (tmp_path / "X.npy").read_bytes()
+    (tmp_path / "X.npy").write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(InputError, match=r"X\.npy: is truncated: its header says shape \(2000, 8\)"):
+        open_dataset(tmp_path / "X.npy", labels=tmp_path / "y.npy")
+    np.savez(tmp_path / "d.npz", X=X, y=np.zeros(2000))  # a zip member cut short (stored, not deflated)
+    with zipfile.ZipFile(tmp_path / "d.npz") as zf, zipfile.ZipFile(tmp_path / "e.npz", "w") as out:
+        out.writestr("X.npy", zf.read("X.npy")[:20000])
+        out.writestr("y.npy", zf.read("y.npy"))
+    with pytest.raises(InputError, match=r"is truncated"):
+        open_dataset(tmp_path / "e.npz")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "hdf5"])
+def test_a_damaged_compressed_file_is_an_input_error_naming_it(fmt, tmp_path):
+    """A bad zip CRC or a failed HDF5 filter was a traceback (BadZipFile, OSError) out of oocnet train."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    # Small integers: damaged bytes still read as numbers, so only the file's own check can tell.
+    X, y = rng.integers(0, 100, size=(20000, 16)).astype(np.int16), rng.integers(0, 3, 20000)
+    path = tmp_path / ("d.npz" if fmt == "npz" else "d.h5")
+    if fmt == "npz":
+        np.savez(path, X=X, y=y)  # stored: the zip member's CRC is the check
+    else:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("X", data=X, chunks=(1000, 16), compression="gzip")
+            f["y"] = y
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = bytes([1]) * 64  # in the middle of X
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=rf"{path.name}: cannot be read: it is damaged"):
+        for _ in batches(open_dataset(path), 512):
+            pass
+
