@@ -24,7 +24,6 @@ A sparse (CSR) batch given to a dense first layer is made dense per batch.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -77,10 +76,13 @@ def build_model(spec: RunSpec, *, read_only: bool = False, resume: bool = False)
 
 
 def _run_signature(spec: RunSpec) -> dict:
-    """What a resumed run must share with the run it continues: its layers (their initialisers aside:
-    the parameters exist) and the kind of its optimizer (whose state rows it reads)."""
-    layers = [[t, {k: v for k, v in sorted(kw.items()) if k != "init"}] for t, kw in spec.model.layers]
-    return {"layers": json.loads(json.dumps(layers, default=str)), "optimizer": spec.optimizer[0]}
+    """What a resumed run must share with the run it continues: its layers -- names, sizes, activations, as the
+    layers resolve them (a default written out is no change; initialisers do not count: the parameters
+    exist) -- and the kind of its optimizer (whose state rows it reads)."""
+    from .model import Sequential
+
+    layers = Sequential._check_layers(spec.model.build_layers())
+    return {"layers": [f"{layer.name}: {layer!r}" for layer in layers], "optimizer": spec.optimizer[0]}
 
 
 def _check_resumable(spec: RunSpec, layers: list, store) -> None:

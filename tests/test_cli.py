@@ -70,9 +70,8 @@ def test_train_learns_and_prints_json(tmp_path, capsys):
         assert st.last_commit["metadata"]["run"] == {"epoch": 2, "batch": 0, "examples": 8000, "done": True,
                                                      "config": str(cfg), "batch_size": 64, "shuffle_buffer": 500,
                                                      "seed": 0, "optimizer": "rowwise_adagrad",
-                                                     "layers": [["embedding", {"activation": "tanh", "dim": 16,
-                                                                               "n_words": V}],
-                                                                ["dense", {"n_in": 16, "n_out": CLASSES}]]}
+                                                     "layers": [f"embedding_0: Embedding({V}, 16, activation='tanh')",
+                                                                f"dense_1: Dense(16, {CLASSES}, activation='identity', bias=True)"]}
 
 
 def test_train_text_summary_and_progress_bar(tmp_path, capsys, monkeypatch):
@@ -186,7 +185,7 @@ def _files(folder: Path) -> dict:
             and f.name != "lock"}  # (the lock file holds the last opener's pid)
 
 
-@pytest.mark.parametrize("change", ["renamed layer", "added layer", "activation", "optimizer"])
+@pytest.mark.parametrize("change", ["renamed layer", "added layer", "activation", "optimizer", "none"])
 def test_resuming_a_different_model_is_refused_before_anything_changes(change, tmp_path, capsys):
     """A renamed or added layer made the model create its parameters -- and commit them without the run's
     data position, so --resume started the data over; other settings trained on under the old ones."""
@@ -203,9 +202,16 @@ def test_resuming_a_different_model_is_refused_before_anything_changes(change, t
                       {"type": "dense", "n_in": 16, "n_out": CLASSES}]
     elif change == "activation":
         layers[0]["activation"] = "relu"
-    else:
+    elif change == "optimizer":
         overrides["optimizer__type"] = "sgd"
+    else:  # a default written out, and another initialiser: the same model, which goes on
+        layers[1]["activation"] = "identity"
+        layers[1]["init"] = "zeros"
     cfg = make_task(tmp_path, model__layers=layers, **overrides)
+    if change == "none":
+        rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume", "--json")
+        assert rc == 0 and json.loads(out)["resumed_from"] == 50, err
+        return
     rc, out, err = run_cli(capsys, "train", cfg, "--no-progress", "--resume")
     assert rc == 2, err
     assert "--resume" in err and "--overwrite" in err and "Traceback" not in err
