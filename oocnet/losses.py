@@ -45,7 +45,7 @@ class Loss:
 
     name = "loss"
     #: "float" targets are arrays shaped like z (or (B,) when z has one column);
-    #: "labels" targets are integer class ids of shape (B,).
+    #: "labels" targets are integer class ids of shape (B,) (or a column, (B, 1)).
     targets = "float"
 
     def __init__(self, reduction: str = "sum") -> None:
@@ -115,7 +115,8 @@ def _check_labels(y, n_out: int, n_rows: int, name: str) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] != n_rows:
-        raise InputError(f"{name} needs {n_rows} integer labels (shape ({n_rows},)), got shape {arr.shape}.")
+        raise InputError(f"{name} needs {n_rows} integer labels (shape ({n_rows},) or ({n_rows}, 1)), got shape "
+                         f"{arr.shape}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)

@@ -348,8 +348,10 @@ def test_custom_loss_value_must_be_one_number_and_float32_overflow_is_named():
         (np.ones((2, 3)), [[0, 1], [1]], "half_squared_error", InputError, "numpy could not make one array"),
         (np.ones((2, 3)), [["a", "b"], ["c", "d"]], "half_squared_error", InputError, "got text"),
         (np.ones((2, 3)), [[0], [1, 0]], "softmax_cross_entropy", InputError, "needs 2 integer labels; numpy could"),
+        (np.ones((2, 3)), [[0, 1]], "softmax_cross_entropy", InputError,
+         r"needs 2 integer labels \(shape \(2,\) or \(2, 1\)\), got shape \(1, 2\)"),
     ],
-    ids=["ragged-x", "text-x", "overflow-x", "overflow-y", "ragged-y", "text-y", "ragged-labels"],
+    ids=["ragged-x", "text-x", "overflow-x", "overflow-y", "ragged-y", "text-y", "ragged-labels", "row-of-labels"],
 )
 def test_batches_numpy_cannot_take_or_that_overflow_are_refused_with_one_clear_error(X, Y, loss, error, match):
     model = oc.Sequential([oc.Dense(3, 2)], dtype="float32", seed=0)
