@@ -357,6 +357,12 @@ def _parse_commit(where: str, commit: object, params: dict) -> dict | None:
     return commit
 
 
+def _mostly_cold(misses: int, hits: int) -> bool:
+    """Whether non-blocking probes of the page cache have failed often enough to stop probing: the rest of
+    the reads then go straight to the (blocking, concurrent) reader."""
+    return misses >= 16 and misses > 4 * hits
+
+
 class RowFileIO:
     """Moves row runs between files and arrays with ``preadv``/``pwrite``.
 
@@ -511,7 +517,7 @@ class RowFileIO:
         if self._nowait:
             pending, hits, misses, scratch = [], 0, 0, None
             for i, op in enumerate(ops):
-                if misses >= 16 and misses > 4 * hits:  # mostly cold: stop probing
+                if _mostly_cold(misses, hits):
                     pending.extend(ops[i:])
                     break
                 shard, fo, bo, n, where = op
@@ -585,7 +591,6 @@ class RowFileIO:
             return
         buf = _as_bytes(out)
         cut = np.flatnonzero(np.diff(sh)) + 1
-        preadv, nowait = os.preadv, _RWF_NOWAIT
         left: list[int] = []  # runs for the general reader
         hits, cold = 0, False
         for a, b in zip([0, *cut.tolist()], [*cut.tolist(), sh.size]):
@@ -596,20 +601,11 @@ class RowFileIO:
             fd = self._fd(shard)
             for j, fo, bo, n in zip(range(a, b), file_off[a:b].tolist(), (first[a:b] * rb).tolist(),
                                     ((end[a:b] - first[a:b]) * rb).tolist()):
-                if len(left) >= 16 and len(left) > 4 * hits:  # mostly cold: stop probing
+                if _mostly_cold(len(left), hits):
                     cold = True
                     left.extend(range(j, b))
                     break
-                try:
-                    got = preadv(fd, [buf[bo : bo + n]], fo, nowait)
-                except BlockingIOError:
-                    got = 0
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                        raise _io_error(exc, "reading", self.path / shard.file) from exc
-                    self._nowait = False  # not supported here: always read blocking
-                    got = 0
-                if got == n:
+                if self._pread_cached(shard, fd, buf[bo : bo + n], fo) == n:
                     hits += 1
                 else:
                     left.append(j)
