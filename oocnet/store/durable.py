@@ -360,10 +360,8 @@ def acquire_lock(lock_path: Path, store_path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        finally:
-            os.close(fd)
+        os.close(fd)
+        holder = _written_pid(lock_path) or "unknown"
         raise StoreLockedError(
             f"store {store_path} is already open for writing by process {holder} (lock file {lock_path}); "
             f"close it there, or open this one read-only (read_only=True; oocnet inspect and oocnet evaluate "
