@@ -615,7 +615,6 @@ class Sequential:
         first = self.layers[0]
         keys = [f"{first.name}/{spec.name}" for spec in first.params() if spec.sparse]
         all_states = self._state_infos(opt)
-        floor = self._min_budget(all_states)  # a budget below the optimizer's minimum is told that first
         need = len(x.rows) * sum(self._group_row_nbytes(self._param_infos[k], all_states[k]) for k in keys)
         key = keys[0] if len(keys) == 1 else str(keys)
         room, _ = self._budget_split(opt)
@@ -624,6 +623,7 @@ class Sequential:
             # at this step) rather than refuse a batch the budget can hold.
             room = self._grow_batch_room(need, opt)
         if need > room:
+            floor = self._min_budget(all_states)  # a budget below the optimizer's minimum is told that first
             held = "with their gradient and optimizer state need" if opt is not None else "need"
             when = "during the step" if opt is not None else "while they are used"
             raise BudgetError(
