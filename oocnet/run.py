@@ -75,20 +75,19 @@ def build_model(spec: RunSpec, *, read_only: bool = False, resume: bool = False)
     return model
 
 
-def _run_signature(spec: RunSpec) -> dict:
-    """What a resumed run must share with the run it continues: its layers -- names, sizes, activations, as the
-    layers resolve them (a default written out is no change; initialisers do not count: the parameters
-    exist) -- and the kind of its optimizer (whose state rows it reads)."""
-    from .model import Sequential
-
-    layers = Sequential._check_layers(spec.model.build_layers())
+def _run_signature(spec: RunSpec, layers: list) -> dict:
+    """What a resumed run must share with the run it continues: its ``layers`` (named, as a model names them)
+    -- names, sizes, activations, as the layers resolve them (a default written out is no change;
+    initialisers do not count: the parameters exist) -- and the kind of its optimizer (whose state rows
+    it reads)."""
     return {"layers": [f"{layer.name}: {layer!r}" for layer in layers], "optimizer": spec.optimizer[0]}
 
 
 def _check_resumable(spec: RunSpec, layers: list, store) -> None:
     from .model import Sequential
 
-    keys = [f"{layer.name}/{p.name}" for layer in Sequential._check_layers(layers) for p in layer.params()]
+    layers = Sequential._check_layers(layers)  # named as the model will name them
+    keys = [f"{layer.name}/{p.name}" for layer in layers for p in layer.params()]
     held = set(store.keys())
     missing = [k for k in keys if k not in held]
     if missing:
@@ -99,7 +98,7 @@ def _check_resumable(spec: RunSpec, layers: list, store) -> None:
             f"Resume with the model it was trained with, or pass --overwrite to start over."
         )
     meta = (store.last_commit.get("metadata") or {}).get("run") or {}
-    now = _run_signature(spec)
+    now = _run_signature(spec, layers)
     changed = [k for k in ("layers", "optimizer") if k in meta and meta[k] != now[k]]
     if changed:
         what = {"layers": f"the layers ({meta['layers']!r} -> {now['layers']!r})",
@@ -309,7 +308,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     batch_no += 1
                     last_loss = per_example
                     if commit_every and model.step % commit_every == 0:
-                        model.commit(metadata=_meta(spec, epoch, batch_no, examples))
+                        model.commit(metadata=_meta(spec, model.layers, epoch, batch_no, examples))
                     bar.update(n)
                     now = time.perf_counter()
                     if progress and now >= next_note:
@@ -323,7 +322,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
                     bar.set_postfix(loss=f"{epoch_loss / max(epoch_n, 1):.4f}",
                                     rss=f"{memory_now()['rss'] / MiB:.0f}MiB", refresh=True)
                 if stopped:
-                    model.commit(metadata=_meta(spec, epoch, batch_no, examples))
+                    model.commit(metadata=_meta(spec, model.layers, epoch, batch_no, examples))
                     break
             seconds = time.perf_counter() - t0
             # No examples at all -- unless the run resumed at the end of an epoch (stopped after its last
@@ -331,7 +330,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
             if examples == 0 and start_epoch < epochs and not (resume and start_skip > 0):
                 raise InputError(f"the training data {spec.data.train} holds no examples.")
             if not stopped:
-                model.commit(metadata=_meta(spec, epochs, 0, examples, done=True))
+                model.commit(metadata=_meta(spec, model.layers, epochs, 0, examples, done=True))
         majority = labels_seen.most_common(1)[0][0] if labels_seen else None
         if evaluate_test and spec.data.test is not None:
             summary["test"] = evaluate(spec, model=model, progress=progress, stream=stream, majority=majority)
@@ -357,7 +356,7 @@ def train(spec: RunSpec, *, resume: bool = False, overwrite: bool = False, epoch
             pos = after if model.step == step0 + 1 else before if model.step == step0 else None
             if pos is not None and model.step != int(model.last_commit["step"]):
                 with contextlib.suppress(Exception):  # refused after a half-applied step; that error is raised
-                    model.commit(metadata=_meta(spec, *pos))
+                    model.commit(metadata=_meta(spec, model.layers, *pos))
         raise
     finally:
         sampler.stop()
@@ -399,15 +398,15 @@ def _remove_new_store(st, made: list) -> None:
     """Remove a store a failed run created, and the folders made for it (deepest first; a folder something
     else was put in stays)."""
     with contextlib.suppress(OocnetError, OSError):
-        if store_exists(st.path, st.backend):
-            remove_store(st.path, st.backend)
+        remove_store(st.path, st.backend)  # (nothing there: nothing to do)
         for q in made:
             q.rmdir()
 
 
-def _meta(spec: RunSpec, epoch: int, batch: int, examples: int, done: bool = False) -> dict:
+def _meta(spec: RunSpec, layers: list, epoch: int, batch: int, examples: int, done: bool = False) -> dict:
     return {"run": {"epoch": int(epoch), "batch": int(batch), "examples": int(examples), "done": bool(done),
-                    "config": str(spec.source) if spec.source else None, **_order(spec), **_run_signature(spec)}}
+                    "config": str(spec.source) if spec.source else None, **_order(spec),
+                    **_run_signature(spec, layers)}}
 
 
 def _order(spec: RunSpec) -> dict:
